@@ -1,0 +1,142 @@
+{{/* Names and labels. */}}
+
+{{- define "apirouter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "apirouter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "apirouter.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "apirouter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "apirouter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "apirouter.labels" -}}
+helm.sh/chart: {{ include "apirouter.chart" . }}
+{{ include "apirouter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "apirouter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "apirouter.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret the gateway reads its keys from: the chart's or an existing one. */}}
+{{- define "apirouter.secretName" -}}
+{{- default (include "apirouter.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/* Name of the ConfigMap holding the configuration file. */}}
+{{- define "apirouter.configMapName" -}}
+{{- default (include "apirouter.fullname" .) .Values.config.existingConfigMap }}
+{{- end }}
+
+{{/* The image reference: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "apirouter.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* Path prefix of every route. */}}
+{{- define "apirouter.basePath" -}}
+{{- printf "/api/v1/%s/apirouter" (required "env (API_GATEWAY_ENV) must be set" .Values.env | toString) }}
+{{- end }}
+
+{{/* Seconds Kubernetes waits between the pod's deletion and SIGKILL. */}}
+{{- define "apirouter.terminationGracePeriodSeconds" -}}
+{{- $needed := add (int .Values.shutdownGrace) (int .Values.preStopSleepSeconds) }}
+{{- if .Values.terminationGracePeriodSeconds }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + shutdownGrace (%v), or calls still running are killed" .Values.terminationGracePeriodSeconds $needed) }}
+{{- end }}
+{{- .Values.terminationGracePeriodSeconds }}
+{{- else }}
+{{- add $needed 15 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The configuration file and the backend keys taken out of it, as JSON:
+{"config": <file with every inline "apikey" replaced by an "apikeyEnv">,
+ "keys": {<variable name>: <key>}}.
+An inline key of endpoint i becomes the variable APIROUTER_ENDPOINT_<i>_KEY, stored in the
+chart's Secret, so no key is ever written into the ConfigMap.
+*/}}
+{{- define "apirouter.config" -}}
+{{- $file := .Values.config.file }}
+{{- $cfg := dict }}
+{{- if kindIs "map" $file }}
+{{- $cfg = deepCopy $file }}
+{{- else if $file }}
+{{- $cfg = fromJson (toString $file) }}
+{{- if hasKey $cfg "Error" }}
+{{- fail (printf "config.file is not valid JSON: %s" (get $cfg "Error")) }}
+{{- end }}
+{{- else }}
+{{- $_ := set $cfg "endpoints" (deepCopy (.Values.config.endpoints | default list)) }}
+{{- end }}
+{{- $endpoints := get $cfg "endpoints" }}
+{{- if not (kindIs "slice" $endpoints) }}
+{{- fail "the configuration needs an \"endpoints\" list" }}
+{{- end }}
+{{- if not $endpoints }}
+{{- fail "the configuration has no endpoint: set config.endpoints, config.file or config.existingConfigMap" }}
+{{- end }}
+{{- $keys := dict }}
+{{- $out := list }}
+{{- range $i, $ep := $endpoints }}
+{{- if not (kindIs "map" $ep) }}
+{{- fail (printf "config endpoint %d is not a map" $i) }}
+{{- end }}
+{{- if not (get $ep "uri") }}
+{{- fail (printf "config endpoint %d has no uri" $i) }}
+{{- end }}
+{{- if hasKey $ep "apikey" }}
+{{- if $.Values.existingSecret }}
+{{- fail (printf "config endpoint %d has an inline apikey, but existingSecret is set: put the key in that Secret and name it with apikeyEnv" $i) }}
+{{- end }}
+{{- $var := printf "APIROUTER_ENDPOINT_%d_KEY" $i }}
+{{- $_ := set $keys $var (toString (get $ep "apikey")) }}
+{{- $ep = omit $ep "apikey" }}
+{{- $_ := set $ep "apikeyEnv" $var }}
+{{- end }}
+{{- $out = append $out $ep }}
+{{- end }}
+{{- $_ := set $cfg "endpoints" $out }}
+{{- toJson (dict "config" $cfg "keys" $keys) }}
+{{- end }}
+
+{{/* Environment variable names for apiKeys: valid names, and none of the gateway's own. */}}
+{{- define "apirouter.checkApiKeys" -}}
+{{- range $name, $_ := .Values.apiKeys }}
+{{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" $name) }}
+{{- fail (printf "apiKeys: %q is not a valid environment variable name" $name) }}
+{{- end }}
+{{- if hasPrefix "API_GATEWAY_" $name }}
+{{- fail (printf "apiKeys: %q would override a gateway setting" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
