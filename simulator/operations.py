@@ -132,7 +132,7 @@ def _chat_text(body: dict[str, Any]) -> str:
             )
         elif content is not None:
             raise BadRequest(f"messages[{i}].content must be a string, an array or null")
-    return "\n".join(parts)
+    return "".join(parts)
 
 
 def _prompt_text(prompt: Any) -> str:
@@ -140,7 +140,7 @@ def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-        return "\n".join(prompt)
+        return "".join(prompt)
     if isinstance(prompt, list) and all(_is_int(p) for p in prompt):
         return _tokens_as_text(prompt)
     raise BadRequest("'prompt' must be a string, an array of strings or an array of tokens")

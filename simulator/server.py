@@ -358,7 +358,7 @@ class SimulatorServer:
         self._httpd = _HTTPServer(self._address, self.deployments, self._idle_timeout,
                                   self._verbose)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
             name=f"simulator-{self.port}", daemon=True,
         )
         self._thread.start()
