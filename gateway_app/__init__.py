@@ -1,0 +1,35 @@
+"""An API gateway for Azure OpenAI deployments: priority failover, cooldowns and metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+from .errors import register_error_handlers
+from .gateway import Gateway
+from .logs import configure_logging
+from .routes import bp
+from .settings import Settings
+
+log = logging.getLogger("apirouter")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app; raises SettingsError or ConfigError when it cannot start."""
+    settings = settings or Settings.from_env(os.environ)
+    configure_logging(settings.logging_level, settings.log_format)
+    for name in settings.unknown_names:
+        log.warning("environment variable %s names no setting and is ignored", name)
+    gw = Gateway(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["apirouter"] = gw
+    app.register_blueprint(bp, url_prefix=settings.route_prefix)
+    register_error_handlers(app)
+    gw.start()
+    log.info("gateway %s serving %d endpoint(s) under %s", settings.name,
+             len(gw.registry.backends()), settings.route_prefix)
+    return app

@@ -1,0 +1,119 @@
+"""The gateway of one process: settings, registry, proxy and collector, and what routes report."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from .collector import IntervalCollector
+from .config import load_config
+from .metrics import iso_time
+from .proxy import Proxy
+from .registry import Registry
+from .settings import Settings
+
+log = logging.getLogger("apirouter")
+
+VERSION = "0.1.0"
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Gateway:
+    """Everything one gateway process shares between requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry(pool_size=settings.threads,
+                                 history_size=settings.metrics_history,
+                                 failure_cooldown=settings.failure_cooldown,
+                                 failure_cooldown_max=settings.failure_cooldown_max)
+        self.registry.replace(load_config(settings.config_file))
+        self.proxy = Proxy(self.registry, settings)
+        self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds)
+        self.started_at = time.time()
+        self._reload_lock = threading.Lock()
+
+    def start(self) -> None:
+        self.collector.start()
+
+    def stop(self) -> None:
+        self.collector.stop()
+        self.registry.close()
+
+    def reload(self) -> int:
+        """Re-read the configuration file; raise ConfigError and keep the old list if invalid."""
+        with self._reload_lock:  # two reloads at once would race to swap
+            endpoints = load_config(self.settings.config_file)
+            self.registry.replace(endpoints)
+        log.info("configuration reloaded: %d endpoint(s)", len(endpoints))
+        return len(endpoints)
+
+    def endpoints(self) -> dict[str, str]:
+        return {str(b.priority): b.uri for b in self.registry.backends()}
+
+    def instance_info(self, path: str) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "serverName": s.name,
+            "serverVersion": VERSION,
+            "envVars": {
+                "apiGatewayHost": s.host,
+                "apiGatewayListenPort": s.port,
+                "apiGatewayEnv": s.env,
+                "apiGatewayCollectInterval": s.metrics_interval_minutes,
+                "apiGatewayCollectHistoryCount": s.metrics_history,
+                "apiGatewayConfigFile": s.config_file,
+            },
+            "containerInfo": {
+                "imageID": s.image_id,
+                "nodeName": s.node_name,
+                "podName": s.pod_name,
+                "podNamespace": s.pod_namespace,
+                "podServiceAccount": s.pod_svc_account,
+            },
+            "versions": {
+                "python": platform.python_version(),
+                "flask": _package_version("flask"),
+                "waitress": _package_version("waitress"),
+                "requests": _package_version("requests"),
+                "marshmallow": _package_version("marshmallow"),
+            },
+            "oaiEndpoints": self.endpoints(),
+            "apiGatewayUri": s.route_prefix,
+            "endpointUri": path,
+            "serverStartDate": iso_time(self.started_at),
+            "status": "OK",
+        }
+
+    def metrics(self, path: str) -> dict[str, Any]:
+        s = self.settings
+        snapshot = self.registry.metrics_snapshot()
+        return {
+            "listenPort": s.port,
+            "instanceName": s.name,
+            "collectionInterval": s.metrics_interval_minutes,
+            "historyCount": s.metrics_history,
+            "endpointMetrics": snapshot["endpointMetrics"],
+            "successApiCalls": snapshot["successApiCalls"],
+            "failedApiCalls": snapshot["failedApiCalls"],
+            "totalApiCalls": snapshot["totalApiCalls"],
+            "endpointUri": path,
+            "currentDate": iso_time(time.time()),
+            "status": "OK",
+        }
+
+    def readiness(self) -> tuple[bool, list[dict[str, Any]]]:
+        """Ready unless every endpoint is benched for faults (throttling alone keeps it ready)."""
+        states = self.registry.availability()
+        ready = any(s["available"] or s["reason"] == "throttled" for s in states)
+        return ready, states

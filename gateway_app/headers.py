@@ -1,0 +1,49 @@
+"""Which headers cross the gateway, in each direction."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+
+# RFC 9110 section 7.6.1, plus the ones the server recomputes for the relayed body.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+NOT_RELAYED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server", "set-cookie",
+                            "x-request-id"}
+# Client headers worth passing on; everything else (api-key, Authorization, cookies) stays here.
+FORWARDED = ("accept", "x-ms-client-request-id", "openai-organization", "openai-beta")
+
+REQUEST_ID = "x-request-id"
+ENDPOINT_HEADER = "x-apirouter-endpoint"
+ATTEMPTS_HEADER = "x-apirouter-attempts"
+_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id(client_value: str | None) -> str:
+    """Keep the client's request id when it is sane, else make one."""
+    if client_value and _ID_PATTERN.fullmatch(client_value):
+        return client_value
+    return uuid.uuid4().hex
+
+
+def backend_headers(client: Mapping[str, str], api_key: str, rid: str) -> dict[str, str]:
+    """Headers for a backend: its key, our request id and a few of the client's."""
+    headers = {"content-type": "application/json", "accept-encoding": "identity",
+               "api-key": api_key, REQUEST_ID: rid}
+    for name in FORWARDED:
+        value = client.get(name)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+def client_headers(backend: Iterable[tuple[str, str]], rid: str, priority: int,
+                   attempts: int) -> list[tuple[str, str]]:
+    """The backend's answer headers a client should see, plus our tracing headers."""
+    headers = [(k, v) for k, v in backend if k.lower() not in NOT_RELAYED]
+    headers += [(REQUEST_ID, rid), (ENDPOINT_HEADER, str(priority)),
+                (ATTEMPTS_HEADER, str(attempts))]
+    return headers

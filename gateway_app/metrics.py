@@ -1,0 +1,84 @@
+"""Per-endpoint counters for the current interval, and the bounded history of closed ones.
+
+These objects are not thread-safe by themselves: the registry mutates and reads them only while
+holding its lock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+# Azure grants 6 requests per minute for every 1,000 tokens per minute of quota.
+REQUESTS_PER_KTOKENS = 6
+
+
+def iso_time(epoch: float) -> str:
+    """UTC time as ISO 8601 with milliseconds, the format of every timestamp we show."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class IntervalCounters:
+    api_calls: int = 0  # answered by the endpoint and relayed to the client
+    failed_calls: int = 0  # throttled (429), faults (5xx, connection errors, timeouts)
+    tokens: int = 0  # total_tokens reported by the endpoint
+    latency_ms: float = 0.0  # summed over api_calls
+
+    def history_entry(self, started_at: float) -> dict[str, Any]:
+        """The original's shape of one closed interval."""
+        k_tokens = self.tokens / 1000
+        per_call = self.tokens / self.api_calls if self.api_calls else 0.0
+        return {
+            "collectionTime": iso_time(started_at),
+            "collectedMetrics": {
+                "noOfApiCalls": self.api_calls,
+                "noOfFailedCalls": self.failed_calls,
+                "throughput": {
+                    "kTokensPerWindow": k_tokens,
+                    "requestsPerWindow": k_tokens * REQUESTS_PER_KTOKENS,
+                    "avgTokensPerCall": per_call,
+                    "avgRequestsPerCall": per_call * REQUESTS_PER_KTOKENS / 1000,
+                },
+                "latency": {
+                    "avgResponseTimeMsec": (self.latency_ms / self.api_calls
+                                            if self.api_calls else 0.0),
+                },
+            },
+        }
+
+
+class EndpointMetrics:
+    """The current interval of one endpoint plus up to ``history_size`` closed intervals."""
+
+    def __init__(self, history_size: int, started_at: float) -> None:
+        self.current = IntervalCounters()
+        self.started_at = started_at
+        self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
+
+    def success(self, latency_ms: float, tokens: int) -> None:
+        self.current.api_calls += 1
+        self.current.latency_ms += latency_ms
+        self.current.tokens += tokens
+
+    def failure(self) -> None:
+        self.current.failed_calls += 1
+
+    def close_interval(self, now: float) -> None:
+        """Push the current interval to the history (oldest dropped) and start a new one."""
+        self.history.append(self.current.history_entry(self.started_at))
+        self.current = IntervalCounters()
+        self.started_at = now
+
+    def to_json(self) -> dict[str, Any]:
+        """The original's ``metrics`` object; history "0" is the oldest interval kept."""
+        c = self.current
+        return {
+            "apiCalls": c.api_calls,
+            "failedCalls": c.failed_calls,
+            "totalCalls": c.api_calls + c.failed_calls,
+            "kInferenceTokens": c.tokens / 1000,
+            "history": {str(i): entry for i, entry in enumerate(self.history)},
+        }

@@ -1,0 +1,213 @@
+"""Backends and the locked registry that holds every piece of shared state.
+
+A Backend owns its requests Session (pooled connections to one deployment). Its cooldown, fault
+streak, in-flight count and metrics change only under the registry's lock, which is held just to
+read or update them, never during network I/O. A reload builds a new tuple of backends, keeping
+the objects (state and metrics) of endpoints still present, and swaps it in one step; calls in
+flight keep the Backend they hold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .config import EndpointConfig
+from .metrics import EndpointMetrics
+
+
+def make_session(pool_size: int) -> requests.Session:
+    """A Session whose pool can keep one connection per worker thread alive."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.trust_env = False  # no proxy or netrc surprises from the environment
+    return session
+
+
+@dataclass(eq=False)
+class Backend:
+    """One deployment: where it is, its key, its Session, and its state (under the lock)."""
+
+    uri: str
+    api_key: str = field(repr=False)
+    priority: int
+    read_timeout: float | None
+    session: requests.Session = field(repr=False)
+    metrics: EndpointMetrics = field(repr=False)
+    cooldown_until: float = 0.0  # time.monotonic() before which nothing is sent
+    cooldown_reason: str = ""  # "throttled" or "failed"
+    fault_streak: int = 0
+    in_flight: int = 0
+    retired: bool = False
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.cooldown_until - now)
+
+
+@dataclass(frozen=True)
+class Busy:
+    """No backend could take a call: how long until one may, and whether throttling is why."""
+
+    retry_after: float
+    throttled: bool
+
+
+class Registry:
+    """The ordered backends and the instance counters, behind one lock."""
+
+    def __init__(self, pool_size: int, history_size: int,
+                 failure_cooldown: float, failure_cooldown_max: float) -> None:
+        self._lock = threading.Lock()
+        self._backends: tuple[Backend, ...] = ()
+        self._pool_size = pool_size
+        self._history_size = history_size
+        self._failure_cooldown = failure_cooldown
+        self._failure_cooldown_max = failure_cooldown_max
+        self.success_calls = 0
+        self.failed_calls = 0
+        self.loaded_at = 0.0
+
+    # --- configuration ---------------------------------------------------------------------
+    def replace(self, endpoints: Iterable[EndpointConfig]) -> None:
+        """Swap in a new endpoint list; endpoints with the same uri and key keep their state."""
+        now = time.time()
+        with self._lock:
+            old = {(b.uri, b.api_key): b for b in self._backends}
+            fresh: list[Backend] = []
+            for position, cfg in enumerate(endpoints):
+                backend = old.pop((cfg.uri, cfg.api_key), None)
+                if backend is None:
+                    backend = Backend(uri=cfg.uri, api_key=cfg.api_key, priority=position,
+                                      read_timeout=cfg.timeout,
+                                      session=make_session(self._pool_size),
+                                      metrics=EndpointMetrics(self._history_size, now))
+                backend.priority = position
+                backend.read_timeout = cfg.timeout
+                fresh.append(backend)
+            self._backends = tuple(fresh)
+            self.loaded_at = now
+            idle = []
+            for backend in old.values():
+                backend.retired = True
+                if backend.in_flight == 0:
+                    idle.append(backend)
+        for backend in idle:
+            backend.session.close()
+
+    def backends(self) -> tuple[Backend, ...]:
+        """The current list in priority order (an immutable snapshot)."""
+        return self._backends
+
+    # --- one call --------------------------------------------------------------------------
+    def acquire(self, backend: Backend) -> bool:
+        """Count a call on ``backend`` unless it is cooling down (checked under the lock)."""
+        with self._lock:
+            if backend.cooldown_until > time.monotonic():
+                return False
+            backend.in_flight += 1
+            return True
+
+    def _release(self, backend: Backend) -> bool:
+        """Lock held. True when the Session of a retired backend can now be closed."""
+        backend.in_flight -= 1
+        return backend.retired and backend.in_flight == 0
+
+    def _finish(self, backend: Backend, update: Any) -> None:
+        with self._lock:
+            update()
+            close = self._release(backend)
+        if close:
+            backend.session.close()
+
+    def succeeded(self, backend: Backend, latency_ms: float, tokens: int) -> None:
+        """The backend answered (2xx, or a client error relayed as it is)."""
+        def update() -> None:
+            backend.fault_streak = 0
+            backend.metrics.success(latency_ms, tokens)
+        self._finish(backend, update)
+
+    def throttled(self, backend: Backend, cooldown: float) -> None:
+        """The backend answered 429: nothing goes to it for ``cooldown`` seconds."""
+        def update() -> None:
+            until = time.monotonic() + cooldown
+            if until > backend.cooldown_until:
+                backend.cooldown_until = until
+                backend.cooldown_reason = "throttled"
+            backend.metrics.failure()
+        self._finish(backend, update)
+
+    def failed(self, backend: Backend) -> None:
+        """A fault: bench the backend, longer for each fault in a row."""
+        def update() -> None:
+            backend.fault_streak += 1
+            bench = min(self._failure_cooldown * 2 ** (backend.fault_streak - 1),
+                        self._failure_cooldown_max)
+            until = time.monotonic() + bench
+            if until > backend.cooldown_until:
+                backend.cooldown_until = until
+                backend.cooldown_reason = "failed"
+            backend.metrics.failure()
+        self._finish(backend, update)
+
+    def count_client_call(self, served: bool) -> None:
+        """Instance totals: a client call served by some backend, or one no backend could."""
+        with self._lock:
+            if served:
+                self.success_calls += 1
+            else:
+                self.failed_calls += 1
+
+    def busy(self) -> Busy:
+        """When the earliest cooling backend is free again, and whether any is throttled."""
+        now = time.monotonic()
+        with self._lock:
+            cooling = [b for b in self._backends if b.cooldown_until > now]
+            throttled = any(b.cooldown_reason == "throttled" for b in cooling)
+            wait = min((b.remaining(now) for b in cooling), default=0.0)
+        return Busy(retry_after=wait, throttled=throttled)
+
+    # --- metrics ---------------------------------------------------------------------------
+    def close_intervals(self) -> None:
+        """Close the current metrics interval of every backend."""
+        now = time.time()
+        with self._lock:
+            for backend in self._backends:
+                backend.metrics.close_interval(now)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Per-endpoint metrics and instance totals, copied under the lock."""
+        with self._lock:
+            endpoints = [{
+                "endpoint": b.uri,
+                "priority": b.priority,
+                "metrics": b.metrics.to_json(),
+            } for b in self._backends]
+            return {"endpointMetrics": endpoints,
+                    "successApiCalls": self.success_calls,
+                    "failedApiCalls": self.failed_calls,
+                    "totalApiCalls": self.success_calls + self.failed_calls}
+
+    def availability(self) -> list[dict[str, Any]]:
+        """Each endpoint's cooldown state, for readiness and operators."""
+        now = time.monotonic()
+        with self._lock:
+            return [{"priority": b.priority, "endpoint": b.uri,
+                     "available": b.cooldown_until <= now,
+                     "cooldownSeconds": round(b.remaining(now), 3),
+                     "reason": b.cooldown_reason if b.cooldown_until > now else "",
+                     "inFlight": b.in_flight} for b in self._backends]
+
+    def close(self) -> None:
+        """Close every Session (at shutdown)."""
+        with self._lock:
+            backends = self._backends
+        for backend in backends:
+            backend.session.close()

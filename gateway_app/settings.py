@@ -1,0 +1,195 @@
+"""Environment -> one frozen Settings object, validated once at start-up.
+
+Every setting is a field below with the variable it is read from, a converter and, for optional
+ones, a default with the reason it was chosen. Required variables are those of the original
+Node.js gateway; new ones are optional and prefixed ``API_GATEWAY_``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A required variable is missing or a value is malformed; the message names the variable."""
+
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "critical": logging.CRITICAL,
+}
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _path_segment(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._~-]+", raw.strip()):
+        raise ValueError("must be one URL path segment (letters, digits, '.', '_', '~', '-')")
+    return raw.strip()
+
+
+def _number(low: float, high: float | None = None, integer: bool = False) -> Callable[[str], Any]:
+    def convert(raw: str) -> float | int:
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise ValueError(f"must be {kind}, got {raw!r}") from None
+        if value != value or value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}"
+            raise ValueError(f"must be {bounds}, got {raw!r}")
+        return value
+
+    return convert
+
+
+def _positive(raw: str) -> float:
+    value = _number(0.0)(raw)
+    if value <= 0:
+        raise ValueError(f"must be a positive number, got {raw!r}")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    if raw.strip().lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of debug, info, warn, error, fatal; got {raw!r}")
+    return raw.strip().lower()
+
+
+def _log_format(raw: str) -> str:
+    if raw.strip().lower() not in ("text", "json"):
+        raise ValueError(f"must be text or json, got {raw!r}")
+    return raw.strip().lower()
+
+
+def _optional(raw: str) -> str:
+    return raw.strip()
+
+
+def var(name: str, convert: Callable[[str], Any], default: Any = MISSING,
+        secret: bool = False) -> Any:
+    """Declare a field read from environment variable ``name`` through ``convert``."""
+    meta = {"env": name, "convert": convert}
+    if default is MISSING:
+        return field(metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All tunables of one gateway process. Build it with :meth:`from_env`."""
+
+    # --- required, as in the original gateway ---
+    gateway_key: str = var("API_GATEWAY_KEY", _text, secret=True)
+    config_file: str = var("API_GATEWAY_CONFIG_FILE", _text)
+    name: str = var("API_GATEWAY_NAME", _text)
+    env: str = var("API_GATEWAY_ENV", _path_segment)
+    # minutes; fractions allowed so tests and demos can close intervals in seconds
+    metrics_interval_minutes: float = var("API_GATEWAY_METRICS_CINTERVAL", _positive)
+    # closed intervals kept in memory; 600 bounds memory per endpoint
+    metrics_history: int = var("API_GATEWAY_METRICS_CHISTORY", _number(1, 600, integer=True))
+
+    # --- optional, kept from the original ---
+    port: int = var("API_GATEWAY_PORT", _number(1, 65535, integer=True), 8000)
+    host: str = var("API_GATEWAY_HOST", _text, "0.0.0.0")
+    log_level: str = var("API_GATEWAY_LOG_LEVEL", _log_level, "info")
+
+    # --- optional, new ---
+    # Each call holds a worker thread for the whole model answer (seconds, or minutes when
+    # streamed), so the thread count is the number of concurrent calls. An idle thread costs
+    # little memory; waitress's default of 4 would queue the fifth call.
+    threads: int = var("API_GATEWAY_THREADS", _number(1, 10000, integer=True), 512)
+    # Open client connections (busy or keep-alive). Waitress's default of 100 is too low for a
+    # gateway that many applications keep connections open to.
+    connection_limit: int = var("API_GATEWAY_CONNECTION_LIMIT", _number(1, 100000, integer=True),
+                                2048)
+    # seconds to open a TCP/TLS connection to a backend; Azure answers in milliseconds, so a
+    # backend that takes longer is unreachable and the next one should be tried.
+    connect_timeout: float = var("API_GATEWAY_CONNECT_TIMEOUT", _positive, 5.0)
+    # seconds of silence allowed from a backend; a large model may think a long while before the
+    # first byte of a non-streamed answer.
+    read_timeout: float = var("API_GATEWAY_READ_TIMEOUT", _positive, 120.0)
+    # bytes; Azure OpenAI refuses requests above 20 MB (images in base64), so larger bodies are
+    # refused here without being read.
+    max_body_bytes: int = var("API_GATEWAY_MAX_BODY_BYTES", _number(1024, integer=True), 20 * MIB)
+    # seconds of cooldown after a 429 that names no retry-after; Azure sends one, others may not.
+    default_retry_after: float = var("API_GATEWAY_DEFAULT_RETRY_AFTER", _number(0.0), 10.0)
+    # seconds; a cap on any retry-after, so a bogus header cannot take an endpoint out for days.
+    max_retry_after: float = var("API_GATEWAY_MAX_RETRY_AFTER", _positive, 300.0)
+    # seconds an endpoint is benched after a fault (connection error, timeout, 5xx); it doubles
+    # with each fault in a row up to the maximum and resets on success, so a dead deployment does
+    # not add its timeout to every call.
+    failure_cooldown: float = var("API_GATEWAY_FAILURE_COOLDOWN", _number(0.0), 2.0)
+    failure_cooldown_max: float = var("API_GATEWAY_FAILURE_COOLDOWN_MAX", _number(0.0), 60.0)
+    # seconds given to calls in flight after SIGTERM; Kubernetes waits 30 s by default.
+    shutdown_grace: float = var("API_GATEWAY_SHUTDOWN_GRACE", _number(0.0), 25.0)
+    # text for people, json for log collectors
+    log_format: str = var("API_GATEWAY_LOG_FORMAT", _log_format, "text")
+
+    # --- container information, shown by /instanceinfo ---
+    image_id: str = var("IMAGE_ID", _optional, "")
+    node_name: str = var("NODE_NAME", _optional, "")
+    pod_name: str = var("POD_NAME", _optional, "")
+    pod_namespace: str = var("POD_NAMESPACE", _optional, "")
+    pod_svc_account: str = var("POD_SVC_ACCOUNT", _optional, "")
+
+    # API_GATEWAY_* variables that name no setting (typos), reported as a warning at start-up
+    unknown_names: tuple[str, ...] = ()
+
+    @property
+    def route_prefix(self) -> str:
+        """Where every route of the original lives."""
+        return f"/api/v1/{self.env}/apirouter"
+
+    @property
+    def logging_level(self) -> int:
+        return LOG_LEVELS[self.log_level]
+
+    @property
+    def metrics_interval_seconds(self) -> float:
+        return self.metrics_interval_minutes * 60.0
+
+    @classmethod
+    def variables(cls) -> list[tuple[str, str, Any]]:
+        """(variable, field name, default or MISSING) for every setting, in declaration order."""
+        return [(f.metadata["env"], f.name, f.default) for f in fields(cls) if "env" in f.metadata]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Read and check every variable; raise SettingsError naming the first bad one."""
+        values: dict[str, Any] = {}
+        known = set()
+        for f in fields(cls):
+            if "env" not in f.metadata:
+                continue
+            name = f.metadata["env"]
+            known.add(name)
+            raw = environ.get(name)
+            if raw is None or (raw.strip() == "" and f.default is MISSING):
+                if f.default is MISSING:
+                    raise SettingsError(f"{name} is required but not set")
+                continue
+            try:
+                values[f.name] = f.metadata["convert"](raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name} {exc}") from None
+        unknown = sorted(k for k in environ if k.startswith("API_GATEWAY_") and k not in known)
+        values["unknown_names"] = tuple(unknown)
+        values.update(overrides)
+        return cls(**values)
