@@ -101,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "azure-openai-simulator/1.0"
-    disable_nagle_algorithm = True  # headers and body are separate writes: send both at once
+    disable_nagle_algorithm = True  # headers and body are two writes: neither may wait
 
     # --- connection life ------------------------------------------------------------------
 
@@ -289,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         try:
             return self.rfile.read(length) if length else b""
-        except (OSError, *_DISCONNECTED):
+        except OSError:  # the client went away (or timed out) while sending
             self.close_connection = True
             return None
 
