@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Start the gateway's container on this machine with docker or podman.
+# Secrets travel from this shell's environment to the container's; they are never written
+# on a command line, into a file or to the terminal.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/start-container.sh --config FILE [options] [-- RUN-ARGS...]
+
+Starts the gateway image with FILE mounted read-only as its configuration.
+
+Options:
+  --config FILE      the JSON configuration file (required); it must be readable by the
+                     container's user (uid 10001), e.g. mode 644: keep keys out of it with
+                     "apikeyEnv" (see below)
+  --image IMAGE      image to run (default: apirouter:latest)
+  --name NAME        container name (default: apirouter)
+  --port PORT        port on this machine (default: 8000)
+  --address ADDR     address on this machine to publish the port on (default: 0.0.0.0)
+  --host-network     share the host's network instead of publishing a port; the gateway
+                     then listens on --port itself
+  --key-env NAME     also pass the variable NAME from this environment (repeatable)
+  --restart POLICY   restart policy when detached (default: unless-stopped)
+  --replace          remove an existing container of the same name first
+  --foreground       stay attached and remove the container when it stops
+  --engine ENGINE    docker or podman (default: $CONTAINER_ENGINE, else docker when its
+                     daemon answers, else podman)
+  -- RUN-ARGS...     passed as they are to "docker run" / "podman run"
+  -h, --help         this text
+
+Environment read from this shell (export the variables first):
+  API_GATEWAY_KEY                required: the key that /reconfig/{key} asks for
+  <name of each apikeyEnv>       required: every "apikeyEnv" named in FILE (needs python3
+                                 to read FILE; otherwise name them with --key-env)
+  API_GATEWAY_NAME               default: the container name
+  API_GATEWAY_ENV                default: dev
+  API_GATEWAY_METRICS_CINTERVAL  default: 60 (minutes)
+  API_GATEWAY_METRICS_CHISTORY   default: 168
+  API_GATEWAY_LOG_LEVEL, API_GATEWAY_THREADS, API_GATEWAY_CONNECTION_LIMIT,
+  API_GATEWAY_SHUTDOWN_GRACE     passed on when set (the image has their defaults)
+
+Secrets are handed over as "-e NAME" without a value: the engine copies them from this
+environment, so they show up neither in the process list nor in this script's output.
+EOF
+}
+
+say() { printf 'start-container: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+config=""
+image="apirouter:latest"
+name="apirouter"
+port="8000"
+address="0.0.0.0"
+host_network=0
+key_envs=()
+restart="unless-stopped"
+replace=0
+foreground=0
+engine="${CONTAINER_ENGINE:-}"
+extra=()
+need_value() { [[ $# -ge 2 && -n "$2" ]] || { say "$1 needs a value"; exit 2; }; }
+while (($#)); do
+    case "$1" in
+        --config) need_value "$@"; config="$2"; shift ;;
+        --image) need_value "$@"; image="$2"; shift ;;
+        --name) need_value "$@"; name="$2"; shift ;;
+        --port) need_value "$@"; port="$2"; shift ;;
+        --address) need_value "$@"; address="$2"; shift ;;
+        --host-network) host_network=1 ;;
+        --key-env) need_value "$@"; key_envs+=("$2"); shift ;;
+        --restart) need_value "$@"; restart="$2"; shift ;;
+        --replace) replace=1 ;;
+        --foreground) foreground=1 ;;
+        --engine) need_value "$@"; engine="$2"; shift ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; extra=("$@"); break ;;
+        *) say "unknown argument: $1 (see --help)"; exit 2 ;;
+    esac
+    shift
+done
+
+[[ -n "$config" ]] || { say "--config FILE is required (see --help)"; exit 2; }
+[[ -f "$config" ]] || die "no such file: $config"
+if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+    die "not a port: $port"
+fi
+config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")"
+# The container's user is not the file's owner: it reads the file through "other".
+if [[ "$(stat -c '%u' "$config")" != 10001 ]] && (((8#$(stat -c '%a' "$config") & 4) == 0)); then
+    say "warning: $config is not readable by others; the container's user (uid 10001)"
+    say "warning: will not be able to read it (chmod 644, with keys kept out via apikeyEnv)"
+fi
+
+if [[ -z "$engine" ]]; then
+    if command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; then
+        engine=docker
+    elif command -v podman >/dev/null 2>&1; then
+        engine=podman
+    else
+        die "neither a running docker nor podman was found"
+    fi
+fi
+case "$engine" in
+    docker | podman) ;;
+    *) die "unsupported engine: $engine" ;;
+esac
+
+# Variables that hold secrets: the gateway key, the keys named by apikeyEnv in the file,
+# and those named with --key-env.
+secret_vars=(API_GATEWAY_KEY "${key_envs[@]}")
+if command -v python3 >/dev/null 2>&1; then
+    named="$(python3 - "$config" <<'PY'
+import json, sys
+with open(sys.argv[1], encoding="utf-8") as f:
+    cfg = json.load(f)
+for ep in cfg.get("endpoints", []) if isinstance(cfg, dict) else []:
+    if isinstance(ep, dict) and isinstance(ep.get("apikeyEnv"), str):
+        print(ep["apikeyEnv"])
+PY
+)" || die "$config is not valid JSON"
+    while IFS= read -r var; do
+        [[ -n "$var" ]] && secret_vars+=("$var")
+    done <<<"$named"
+else
+    say "python3 not found: pass the variables named by apikeyEnv with --key-env"
+fi
+for var in "${secret_vars[@]}"; do
+    [[ "$var" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "not a variable name: $var"
+    [[ -n "${!var:-}" ]] || die "$var is not set in this environment (export it first)"
+    export "${var?}"
+done
+
+inner_port=8000
+((host_network)) && inner_port="$port"
+grace="${API_GATEWAY_SHUTDOWN_GRACE:-30}"
+[[ "$grace" =~ ^[0-9]+$ ]] || die "API_GATEWAY_SHUTDOWN_GRACE is not a whole number of seconds"
+
+mount_opts="ro"
+# SELinux hosts (RHEL, Fedora) label the file for containers, or the container cannot read it.
+if [[ -r /sys/fs/selinux/enforce && "$(cat /sys/fs/selinux/enforce)" == 1 ]]; then
+    mount_opts="ro,z"
+fi
+
+args=(run --name "$name"
+    --volume "$config:/etc/apirouter/api-router-config.json:$mount_opts"
+    --env API_GATEWAY_CONFIG_FILE=/etc/apirouter/api-router-config.json
+    --env "API_GATEWAY_NAME=${API_GATEWAY_NAME:-$name}"
+    --env "API_GATEWAY_ENV=${API_GATEWAY_ENV:-dev}"
+    --env "API_GATEWAY_METRICS_CINTERVAL=${API_GATEWAY_METRICS_CINTERVAL:-60}"
+    --env "API_GATEWAY_METRICS_CHISTORY=${API_GATEWAY_METRICS_CHISTORY:-168}"
+    --env "API_GATEWAY_PORT=$inner_port"
+    --env "API_GATEWAY_SHUTDOWN_GRACE=$grace"
+    --env "IMAGE_ID=$image"
+    # Locked down like the Kubernetes pod: read-only root, a small /tmp, no capabilities.
+    --read-only --tmpfs "/tmp:rw,nosuid,nodev,size=64m"
+    --cap-drop ALL --security-opt no-new-privileges
+    # docker stop / podman stop wait this long after SIGTERM: the calls' grace and a margin.
+    --stop-timeout "$((grace + 10))")
+for var in API_GATEWAY_LOG_LEVEL API_GATEWAY_THREADS API_GATEWAY_CONNECTION_LIMIT; do
+    [[ -n "${!var:-}" ]] && args+=(--env "$var=${!var}")
+done
+for var in "${secret_vars[@]}"; do
+    args+=(--env "$var")
+done
+if ((host_network)); then
+    args+=(--network host)
+else
+    args+=(--publish "$address:$port:$inner_port")
+fi
+if ((foreground)); then
+    args+=(--rm)
+else
+    args+=(--detach --restart "$restart")
+fi
+
+if ((replace)) && "$engine" container inspect "$name" >/dev/null 2>&1; then
+    say "removing the existing container $name"
+    "$engine" rm --force "$name" >/dev/null
+fi
+
+base="http://127.0.0.1:$port/api/v1/${API_GATEWAY_ENV:-dev}/apirouter"
+say "$engine starting $image as $name on port $port"
+if ((foreground)); then
+    say "try: curl -s $base/healthz"
+    exec "$engine" "${args[@]}" "${extra[@]}" "$image"
+fi
+"$engine" "${args[@]}" "${extra[@]}" "$image"
+say "started; try: curl -s $base/healthz"
+say "logs: $engine logs -f $name    stop: $engine stop $name"

@@ -1,0 +1,476 @@
+"""Checks of the Helm chart, the Dockerfile and the container scripts with the real tools.
+
+helm 3 lints and renders the chart with its default values and with each file of
+k8s-chart/ci/ (every optional part switched on, keys kept outside the chart, a whole
+configuration file); kubernetes-validate checks the manifests against the Kubernetes 1.29
+schemas; yamllint, hadolint and shellcheck check the files; then the rendered objects are
+read back and their meaning checked (probes, security, keys out of the ConfigMap, ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO_ROOT, ChartTools
+
+pytestmark = [pytest.mark.chart, pytest.mark.timeout(120)]
+
+CHART = REPO_ROOT / "k8s-chart"
+YAMLLINT_CONFIG = CHART / ".yamllint.yaml"
+VALUE_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
+VARIANTS = [None, *VALUE_FILES]
+VARIANT_IDS = ["defaults", *(f.stem for f in VALUE_FILES)]
+ALL_ON = CHART / "ci" / "all-on-values.yaml"
+EXISTING = CHART / "ci" / "existing-objects-values.yaml"
+CONFIG_FILE = CHART / "ci" / "config-file-values.yaml"
+RELEASE = "gw"
+FULLNAME = "gw-apirouter"
+
+
+def run(cmd: list[str | Path], *, stdin: str | None = None, timeout: float = 60):
+    return subprocess.run(
+        [str(c) for c in cmd],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def render(tools: ChartTools, values: Path | None = None, *sets: str) -> str:
+    cmd: list[str | Path] = [tools.helm, "template", RELEASE, CHART, "--namespace", "ai"]
+    if values is not None:
+        cmd += ["--values", values]
+    for item in sets:
+        cmd += ["--set", item]
+    done = run(cmd)
+    assert done.returncode == 0, f"helm template failed:\n{done.stderr}"
+    return done.stdout
+
+
+def render_error(tools: ChartTools, *sets: str, values: Path | None = None) -> str:
+    cmd: list[str | Path] = [tools.helm, "template", RELEASE, CHART]
+    if values is not None:
+        cmd += ["--values", values]
+    for item in sets:
+        cmd += ["--set", item]
+    done = run(cmd)
+    assert done.returncode != 0, f"helm template accepted {sets}"
+    return done.stderr
+
+
+def load(tools: ChartTools, manifests: str) -> list[dict]:
+    """The rendered documents, read by PyYAML from the tools' virtualenv."""
+    code = (
+        "import json, sys, yaml; "
+        "json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)"
+    )
+    done = run([tools.python, "-c", code], stdin=manifests)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def by_kind(docs: list[dict]) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    for doc in docs:
+        if doc["kind"] == "Pod":  # the helm test hook
+            continue
+        assert doc["kind"] not in found, f"two objects of kind {doc['kind']}"
+        found[doc["kind"]] = doc
+    return found
+
+
+def container_of(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container["env"]}
+
+
+# --- The tools -------------------------------------------------------------------------
+
+
+def test_helm_is_version_3(chart_tools: ChartTools) -> None:
+    done = run([chart_tools.helm, "version", "--short"])
+    assert done.returncode == 0
+    assert done.stdout.startswith("v3."), done.stdout
+
+
+@pytest.mark.parametrize("values", VARIANTS, ids=VARIANT_IDS)
+def test_helm_lint_strict(chart_tools: ChartTools, values: Path | None) -> None:
+    cmd: list[str | Path] = [chart_tools.helm, "lint", "--strict", CHART]
+    if values is not None:
+        cmd += ["--values", values]
+    done = run(cmd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", VARIANTS, ids=VARIANT_IDS)
+def test_manifests_match_kubernetes_1_29_schemas(
+    chart_tools: ChartTools, values: Path | None
+) -> None:
+    manifests = render(chart_tools, values)
+    done = run(
+        [chart_tools.kubernetes_validate, "-k", "1.29", "--strict", "-"],
+        stdin=manifests,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    # An unknown kind or version is only a warning: it must not slip through either.
+    flagged = [line for line in output.splitlines() if line.startswith(("WARN", "ERROR"))]
+    assert not flagged, "\n".join(flagged)
+    documents = len(load(chart_tools, manifests))
+    assert output.count(" passed for resource ") == documents, output
+
+
+@pytest.mark.parametrize("values", VARIANTS, ids=VARIANT_IDS)
+def test_rendered_manifests_pass_yamllint(
+    chart_tools: ChartTools, values: Path | None, tmp_path: Path
+) -> None:
+    rendered = tmp_path / "manifests.yaml"
+    rendered.write_text(render(chart_tools, values))
+    done = run([chart_tools.yamllint, "--strict", "-c", YAMLLINT_CONFIG, rendered])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_chart_files_pass_yamllint(chart_tools: ChartTools) -> None:
+    files = [CHART / "Chart.yaml", CHART / "values.yaml", *VALUE_FILES]
+    done = run([chart_tools.yamllint, "--strict", "-c", YAMLLINT_CONFIG, *files])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_passes_hadolint(chart_tools: ChartTools) -> None:
+    done = run([chart_tools.hadolint, REPO_ROOT / "Dockerfile"])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_scripts_pass_shellcheck(chart_tools: ChartTools) -> None:
+    scripts = sorted((REPO_ROOT / "scripts").glob("*.sh"))
+    names = {s.name for s in scripts}
+    assert {"build-container.sh", "start-container.sh", "install-ci-tools.sh"} <= names
+    done = run([chart_tools.shellcheck, "--severity=style", *scripts])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- What the default values deploy -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_objects(chart_tools: ChartTools) -> dict[str, dict]:
+    return by_kind(load(chart_tools, render(chart_tools)))
+
+
+@pytest.fixture(scope="module")
+def all_on_objects(chart_tools: ChartTools) -> dict[str, dict]:
+    return by_kind(load(chart_tools, render(chart_tools, ALL_ON)))
+
+
+def test_defaults_render_the_core_objects_only(default_objects: dict[str, dict]) -> None:
+    assert set(default_objects) == {
+        "ServiceAccount",
+        "Secret",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+    }
+    assert default_objects["Deployment"]["spec"]["replicas"] == 1
+
+
+def test_gateway_settings_come_from_values(default_objects: dict[str, dict]) -> None:
+    env = env_of(container_of(default_objects["Deployment"]))
+    values = {name: e.get("value") for name, e in env.items()}
+    assert values["API_GATEWAY_NAME"] == "apirouter"
+    assert values["API_GATEWAY_ENV"] == "dev"
+    assert values["API_GATEWAY_METRICS_CINTERVAL"] == "60"
+    assert values["API_GATEWAY_METRICS_CHISTORY"] == "168"
+    assert values["API_GATEWAY_PORT"] == "8000"
+    assert values["API_GATEWAY_SHUTDOWN_GRACE"] == "30"
+    assert values["API_GATEWAY_CONFIG_FILE"] == "/etc/apirouter/api-router-config.json"
+    assert values["IMAGE_ID"] == "apirouter:0.1.0"
+    # Every value is a string, as Kubernetes requires for env.
+    assert all(isinstance(v, str) for v in values.values() if v is not None)
+
+
+def test_gateway_key_comes_from_the_secret(default_objects: dict[str, dict]) -> None:
+    container = container_of(default_objects["Deployment"])
+    ref = env_of(container)["API_GATEWAY_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": FULLNAME, "key": "API_GATEWAY_KEY"}
+    assert container["envFrom"] == [{"secretRef": {"name": FULLNAME}}]
+    secret = default_objects["Secret"]
+    generated = base64.b64decode(secret["data"]["API_GATEWAY_KEY"]).decode()
+    assert len(generated) >= 32
+
+
+def test_downward_api_fills_container_info(default_objects: dict[str, dict]) -> None:
+    env = env_of(container_of(default_objects["Deployment"]))
+    fields = {
+        name: env[name]["valueFrom"]["fieldRef"]["fieldPath"]
+        for name in ("POD_NAME", "POD_NAMESPACE", "NODE_NAME", "POD_SVC_ACCOUNT")
+    }
+    assert fields == {
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+        "NODE_NAME": "spec.nodeName",
+        "POD_SVC_ACCOUNT": "spec.serviceAccountName",
+    }
+
+
+def test_probes_ask_the_health_routes(default_objects: dict[str, dict]) -> None:
+    container = container_of(default_objects["Deployment"])
+    base = "/api/v1/dev/apirouter"
+    assert container["livenessProbe"]["httpGet"] == {"path": f"{base}/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": f"{base}/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": f"{base}/readyz", "port": "http"}
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+
+
+def test_pod_is_locked_down(default_objects: dict[str, dict]) -> None:
+    pod = default_objects["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = container_of(default_objects["Deployment"])["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_config_and_tmp_are_mounted(default_objects: dict[str, dict]) -> None:
+    pod = default_objects["Deployment"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in container_of(default_objects["Deployment"])["volumeMounts"]}
+    assert mounts["config"] == {
+        "name": "config",
+        "mountPath": "/etc/apirouter",
+        "readOnly": True,
+    }
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == FULLNAME
+    assert volumes["config"]["configMap"]["items"] == [
+        {"key": "api-router-config.json", "path": "api-router-config.json"}
+    ]
+    assert "emptyDir" in volumes["tmp"]
+    config = default_objects["ConfigMap"]["data"]["api-router-config.json"]
+    assert json.loads(config)["endpoints"][0]["apikeyEnv"] == "AOAI_KEY_0"
+
+
+def test_termination_grace_exceeds_the_gateway_grace(default_objects: dict[str, dict]) -> None:
+    pod = default_objects["Deployment"]["spec"]["template"]["spec"]
+    container = container_of(default_objects["Deployment"])
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > 30 + pre_stop
+
+
+def test_service_targets_the_pods(default_objects: dict[str, dict]) -> None:
+    service = default_objects["Service"]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    pod_labels = default_objects["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_rollout_keeps_capacity(default_objects: dict[str, dict]) -> None:
+    strategy = default_objects["Deployment"]["spec"]["strategy"]
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+
+
+# --- Configuration changes roll the pods -------------------------------------------------
+
+
+def checksums(tools: ChartTools, *sets: str) -> dict[str, str]:
+    objects = by_kind(load(tools, render(tools, None, "secretKey=fake-gateway-key", *sets)))
+    annotations = objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    return {k: v for k, v in annotations.items() if k.startswith("checksum/")}
+
+
+def test_config_change_changes_the_pod_template(chart_tools: ChartTools) -> None:
+    before = checksums(chart_tools)
+    assert set(before) == {"checksum/config", "checksum/secret"}
+    assert checksums(chart_tools) == before  # deterministic
+    other = "config.endpoints[0].uri=https://other.openai.azure.com/openai/deployments/x"
+    after_config = checksums(chart_tools, other)
+    assert after_config["checksum/config"] != before["checksum/config"]
+    assert after_config["checksum/secret"] == before["checksum/secret"]
+    after_key = checksums(chart_tools, "apiKeys.AOAI_KEY_0=fake-new-backend-key")
+    assert after_key["checksum/secret"] != before["checksum/secret"]
+    assert after_key["checksum/config"] == before["checksum/config"]
+
+
+# --- Keys stay out of the ConfigMap -------------------------------------------------------
+
+
+def decoded(secret: dict) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def test_inline_keys_move_into_the_secret(all_on_objects: dict[str, dict]) -> None:
+    config = json.loads(all_on_objects["ConfigMap"]["data"]["api-router-config.json"])
+    assert [e.get("apikeyEnv") for e in config["endpoints"]] == [
+        "AOAI_KEY_0",
+        "APIROUTER_ENDPOINT_1_KEY",
+    ]
+    assert all("apikey" not in e for e in config["endpoints"])
+    assert decoded(all_on_objects["Secret"]) == {
+        "API_GATEWAY_KEY": "fake-gateway-key-for-ci",
+        "AOAI_KEY_0": "fake-backend-key-0",
+        "APIROUTER_ENDPOINT_1_KEY": "fake-inline-key-moved-to-secret",
+    }
+
+
+def test_whole_config_file_keeps_its_fields(chart_tools: ChartTools) -> None:
+    objects = by_kind(load(chart_tools, render(chart_tools, CONFIG_FILE)))
+    text = objects["ConfigMap"]["data"]["api-router-config.json"]
+    assert "fake-inline-key" not in text
+    config = json.loads(text)
+    assert config["endpoints"][1]["timeout"] == 30
+    assert config["endpoints"][0]["uri"].startswith("https://one.openai.azure.com/")
+    keys = decoded(objects["Secret"])
+    assert keys["APIROUTER_ENDPOINT_0_KEY"] == "fake-inline-key-one"
+    assert keys["APIROUTER_ENDPOINT_1_KEY"] == "fake-inline-key-two"
+
+
+def test_existing_secret_and_configmap(chart_tools: ChartTools) -> None:
+    objects = by_kind(load(chart_tools, render(chart_tools, EXISTING)))
+    assert "Secret" not in objects
+    assert "ConfigMap" not in objects
+    deployment = objects["Deployment"]
+    container = container_of(deployment)
+    ref = env_of(container)["API_GATEWAY_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "apirouter-keys", "key": "gateway-key"}
+    assert container["envFrom"] == [{"secretRef": {"name": "apirouter-keys"}}]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "apirouter-config"
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    assert not [k for k in annotations if k.startswith("checksum/")]
+    assert objects["PodDisruptionBudget"]["spec"] == {
+        "maxUnavailable": 1,
+        "selector": deployment["spec"]["selector"],
+    }
+
+
+# --- Every optional part -----------------------------------------------------------------
+
+
+def test_all_on_renders_every_optional_object(all_on_objects: dict[str, dict]) -> None:
+    assert {"Ingress", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(all_on_objects)
+    # The autoscaler owns the replica count.
+    assert "replicas" not in all_on_objects["Deployment"]["spec"]
+    hpa = all_on_objects["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == FULLNAME
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu", "memory"]
+    assert all_on_objects["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+
+
+def test_ingress_lets_streams_flow(all_on_objects: dict[str, dict]) -> None:
+    ingress = all_on_objects["Ingress"]
+    annotations = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert annotations[prefix + "proxy-buffering"] == "off"
+    assert annotations[prefix + "proxy-request-buffering"] == "off"
+    assert annotations[prefix + "proxy-read-timeout"] == "900"
+    assert annotations[prefix + "proxy-send-timeout"] == "900"
+    assert annotations["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": FULLNAME, "port": {"name": "http"}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "apirouter-tls"
+
+
+def test_all_on_settings_reach_the_pod(all_on_objects: dict[str, dict]) -> None:
+    deployment = all_on_objects["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = container_of(deployment)
+    env = {name: e.get("value") for name, e in env_of(container).items()}
+    image = "registry.example.com/apirouter@sha256:" + "0123456789abcdef" * 4
+    assert container["image"] == image
+    assert env["IMAGE_ID"] == image
+    assert env["API_GATEWAY_ENV"] == "prod"
+    assert env["API_GATEWAY_METRICS_CINTERVAL"] == "0.5"
+    assert env["HTTPS_PROXY"] == "http://proxy.example.com:3128"
+    assert pod["terminationGracePeriodSeconds"] == 90
+    assert pod["serviceAccountName"] == "apirouter-gateway"
+    assert pod["priorityClassName"] == "high-priority"
+    for key in ("nodeSelector", "tolerations", "affinity", "topologySpreadConstraints"):
+        assert pod[key], key
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "platform"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/api/v1/prod/apirouter/readyz"
+
+
+# --- Mistakes are refused with a clear message --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["terminationGracePeriodSeconds=20"], "must exceed preStopSleepSeconds + shutdownGrace"),
+        (["config.endpoints=null"], "no endpoint"),
+        (["config.file=not json"], "config.file is not valid JSON"),
+        (
+            [
+                "config.endpoints[0].uri=https://x",
+                "config.endpoints[0].apikey=k",
+                "existingSecret=s",
+            ],
+            "existingSecret is set",
+        ),
+        (["apiKeys.API_GATEWAY_PORT=1"], "would override a gateway setting"),
+        (["metricsCHistory=601"], "metricsCHistory"),
+        (["metricsCInterval=0"], "metricsCInterval"),
+        (["logLevel=verbose"], "logLevel"),
+        (["replicaCunt=2"], "replicaCunt"),
+        (["autoscaling.enabled=true", "autoscaling.maxReplicas=1"], "maxReplicas"),
+    ],
+)
+def test_bad_values_are_refused(chart_tools: ChartTools, sets: list[str], message: str) -> None:
+    assert message in render_error(chart_tools, *sets)
+
+
+# --- NOTES.txt --------------------------------------------------------------------------
+
+
+def rendered_notes(tools: ChartTools, tmp_path: Path, values: Path | None = None) -> str:
+    """NOTES.txt is only shown by a real install, so render it through a template."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "NOTES.txt").rename(chart / "notes-under-test.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        '  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}\n'
+    )
+    cmd: list[str | Path] = [tools.helm, "template", RELEASE, chart]
+    cmd += ["--show-only", "templates/zz-notes.yaml"]
+    if values is not None:
+        cmd += ["--values", values]
+    done = run(cmd)
+    assert done.returncode == 0, done.stderr
+    return load(tools, done.stdout)[0]["data"]["notes"]
+
+
+def test_notes_show_the_curl_to_try(chart_tools: ChartTools, tmp_path: Path) -> None:
+    notes = rendered_notes(chart_tools, tmp_path)
+    assert f"port-forward service/{FULLNAME} 8080:80" in notes
+    assert "curl -s http://127.0.0.1:8080/api/v1/dev/apirouter/healthz" in notes
+    assert "curl -s http://127.0.0.1:8080/api/v1/dev/apirouter/lb" in notes
+    assert "apiKeys is empty" in notes
+
+
+def test_notes_with_ingress(chart_tools: ChartTools, tmp_path: Path) -> None:
+    notes = rendered_notes(chart_tools, tmp_path, ALL_ON)
+    assert "https://apirouter.example.com/api/v1/prod/apirouter/healthz" in notes
+    assert "fake-" not in notes  # no key is ever shown
