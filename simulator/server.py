@@ -15,6 +15,7 @@ import math
 import re
 import socket
 import socketserver
+import sys
 import threading
 import uuid
 from collections.abc import Mapping
@@ -91,7 +92,8 @@ class _HTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if self.verbose:
+        """Report a handler's exception: always for bugs, for network errors with --verbose."""
+        if self.verbose or not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
 
 

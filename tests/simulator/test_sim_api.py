@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import math
 import struct
 
@@ -133,3 +135,17 @@ def test_every_deployment_answer_has_ratelimit_headers(sim):
     assert ok.headers["x-ratelimit-remaining-tokens"] == str(1000 - 15)
     refused = s.post(key="wrong")
     assert refused.headers["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_a_body_over_the_limit_is_413_and_the_connection_closed(sim):
+    s = sim()
+    conn = http.client.HTTPConnection("127.0.0.1", s.server.port, timeout=5)
+    conn.putrequest("POST", s.url().removeprefix(s.server.url))
+    conn.putheader("api-key", "k1")
+    conn.putheader("Content-Length", str(64 * 1024 * 1024))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    assert response.getheader("connection") == "close"
+    assert json.loads(response.read())["error"]["code"] == "413"
+    conn.close()
