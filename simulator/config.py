@@ -1,7 +1,7 @@
 """The simulator's configuration: one JSON file listing deployments, validated once.
 
 Every field is declared once in ``DEPLOYMENT_FIELDS`` with its check, its default and why the
-default is what it is; the ``--help`` text and the README table are read from that list.
+default is what it is; the ``--help`` text is built from that list.
 Unknown names are refused, so a typo never silently falls back to a default. Keys that start
 with ``_`` are ignored everywhere, so a file can carry ``"_comment"`` entries.
 """
