@@ -77,19 +77,23 @@ class Registry:
 
     # --- configuration ---------------------------------------------------------------------
     def replace(self, endpoints: Iterable[EndpointConfig]) -> None:
-        """Swap in a new endpoint list; endpoints with the same uri and key keep their state."""
+        """Swap in a new endpoint list; endpoints with the same uri keep state and metrics.
+
+        The uri names the deployment, so a rotated key keeps its cooldown and history.
+        """
         now = time.time()
         with self._lock:
-            old = {(b.uri, b.api_key): b for b in self._backends}
+            old = {b.uri: b for b in self._backends}
             fresh: list[Backend] = []
             for position, cfg in enumerate(endpoints):
-                backend = old.pop((cfg.uri, cfg.api_key), None)
+                backend = old.pop(cfg.uri, None)
                 if backend is None:
                     backend = Backend(uri=cfg.uri, api_key=cfg.api_key, priority=position,
                                       read_timeout=cfg.timeout,
                                       session=make_session(self._pool_size),
                                       metrics=EndpointMetrics(self._history_size, now))
                 backend.priority = position
+                backend.api_key = cfg.api_key
                 backend.read_timeout = cfg.timeout
                 fresh.append(backend)
             self._backends = tuple(fresh)

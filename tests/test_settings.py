@@ -1,0 +1,89 @@
+"""Settings from the environment: required variables, checked values, clear start-up errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway_app.settings import Settings, SettingsError
+from tests.conftest import base_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def env(tmp_path):
+    return base_env(ROOT / "api-router-config.json")
+
+
+def test_defaults_apply(env):
+    s = Settings.from_env(env)
+    assert (s.port, s.host, s.log_level, s.threads) == (8000, "0.0.0.0", "warn", 512)
+    assert s.route_prefix == "/api/v1/test/apirouter"
+    assert s.metrics_interval_seconds == 3600
+    assert "test-gateway-key" not in repr(s)
+
+
+def test_fractional_interval_and_original_log_spellings(env):
+    s = Settings.from_env({**env, "API_GATEWAY_METRICS_CINTERVAL": "0.5",
+                           "API_GATEWAY_LOG_LEVEL": "fatal"})
+    assert s.metrics_interval_seconds == 30
+    assert s.logging_level == 50
+
+
+@pytest.mark.parametrize("name", ["API_GATEWAY_KEY", "API_GATEWAY_CONFIG_FILE",
+                                  "API_GATEWAY_NAME", "API_GATEWAY_ENV",
+                                  "API_GATEWAY_METRICS_CINTERVAL", "API_GATEWAY_METRICS_CHISTORY"])
+def test_each_required_variable_is_named_when_missing(env, name):
+    del env[name]
+    with pytest.raises(SettingsError, match=f"^{name} is required"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("API_GATEWAY_METRICS_CINTERVAL", "0"), ("API_GATEWAY_METRICS_CINTERVAL", "soon"),
+    ("API_GATEWAY_METRICS_CHISTORY", "601"), ("API_GATEWAY_METRICS_CHISTORY", "1.5"),
+    ("API_GATEWAY_PORT", "70000"), ("API_GATEWAY_LOG_LEVEL", "loud"),
+    ("API_GATEWAY_ENV", "a/b"), ("API_GATEWAY_THREADS", "0"), ("API_GATEWAY_KEY", "  "),
+    ("API_GATEWAY_READ_TIMEOUT", "-1"), ("API_GATEWAY_LOG_FORMAT", "xml"),
+])
+def test_malformed_values_are_named(env, name, value):
+    with pytest.raises(SettingsError, match=f"^{name} "):
+        Settings.from_env({**env, name: value})
+
+
+def test_unknown_gateway_variables_are_reported(env):
+    s = Settings.from_env({**env, "API_GATEWAY_TREADS": "8"})
+    assert s.unknown_names == ("API_GATEWAY_TREADS",)
+
+
+def run_wsgi(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "wsgi.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_start_up_error_is_one_line_and_exit_1(env):
+    del env["API_GATEWAY_NAME"]
+    result = run_wsgi(env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "apirouter: cannot start: API_GATEWAY_NAME is required but not set"]
+
+
+def test_invalid_configuration_stops_start_up(env, tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"endpoints": [{"uri": "gopher://x"}]}')
+    result = run_wsgi({**env, "API_GATEWAY_CONFIG_FILE": str(bad)})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "endpoints[0].uri: Not a valid URL" in lines[0]
+
+
+def test_help_lists_every_variable():
+    result = run_wsgi({}, "--help")
+    assert result.returncode == 0
+    for name, _field, _default in Settings.variables():
+        assert name in result.stdout
