@@ -1,0 +1,176 @@
+"""The container scripts' arguments, checked against a fake engine (no tool needed).
+
+A stand-in `podman` on PATH records the arguments it gets and the secrets it could read from
+its environment, so these tests see exactly what the scripts would run, quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+pytestmark = pytest.mark.timeout(30)
+
+BUILD = REPO_ROOT / "scripts" / "build-container.sh"
+START = REPO_ROOT / "scripts" / "start-container.sh"
+GATEWAY_KEY = "fake-gateway-key-2222"
+BACKEND_KEY = "fake-backend-key-3333"
+
+FAKE_ENGINE = """#!/usr/bin/env python3
+import json, os, sys
+record = {
+    "argv": sys.argv[1:],
+    "env": {k: os.environ.get(k) for k in ("API_GATEWAY_KEY", "AOAI_KEY_0")},
+}
+with open(os.environ["FAKE_ENGINE_LOG"], "a") as log:
+    log.write(json.dumps(record) + "\\n")
+sys.exit(1 if sys.argv[1:3] == ["container", "inspect"] else 0)
+"""
+
+
+@pytest.fixture
+def fake_engine(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    engine = bin_dir / "podman"
+    engine.write_text(FAKE_ENGINE)
+    engine.chmod(0o755)
+    log = tmp_path / "engine.log"
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "FAKE_ENGINE_LOG": str(log),
+    }
+    return env, log
+
+
+def calls(log: Path) -> list[dict]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def run(cmd: list[str | Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=20, check=False
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "conf" / "api-router-config.json"
+    path.parent.mkdir()
+    uri = "https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21"
+    path.write_text(json.dumps({"endpoints": [{"uri": uri, "apikeyEnv": "AOAI_KEY_0"}]}))
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.parametrize("script", [BUILD, START], ids=["build", "start"])
+def test_help(script: Path) -> None:
+    done = run([script, "--help"], dict(os.environ))
+    assert done.returncode == 0
+    assert done.stdout.startswith("Usage: scripts/")
+    assert run([script, "--no-such-option"], dict(os.environ)).returncode == 2
+
+
+def test_build_passes_the_right_arguments(fake_engine: tuple[dict[str, str], Path]) -> None:
+    env, log = fake_engine
+    done = run([BUILD, "--engine", "podman", "--tag", "gw:1", "--", "--pull=never"], env)
+    assert done.returncode == 0, done.stderr
+    (call,) = calls(log)
+    argv = call["argv"]
+    assert argv[0] == "build"
+    assert argv[argv.index("--file") + 1] == str(REPO_ROOT / "Dockerfile")
+    assert argv[argv.index("--tag") + 1] == "gw:1"
+    assert argv[argv.index("--format") + 1] == "docker"  # keeps the HEALTHCHECK
+    assert "--pull=never" in argv
+    assert argv[-1] == str(REPO_ROOT)
+
+
+def test_start_needs_the_gateway_key(
+    fake_engine: tuple[dict[str, str], Path], config: Path
+) -> None:
+    env, log = fake_engine
+    done = run([START, "--engine", "podman", "--config", config], env)
+    assert done.returncode == 1
+    assert "API_GATEWAY_KEY is not set" in done.stderr
+    assert calls(log) == []
+
+
+def test_start_needs_the_keys_the_config_names(
+    fake_engine: tuple[dict[str, str], Path], config: Path
+) -> None:
+    env, log = fake_engine
+    env["API_GATEWAY_KEY"] = GATEWAY_KEY
+    done = run([START, "--engine", "podman", "--config", config], env)
+    assert done.returncode == 1
+    assert "AOAI_KEY_0 is not set" in done.stderr
+    assert GATEWAY_KEY not in done.stdout + done.stderr
+    assert calls(log) == []
+
+
+def test_start_hands_secrets_over_by_name_only(
+    fake_engine: tuple[dict[str, str], Path], config: Path
+) -> None:
+    env, log = fake_engine
+    env.update(API_GATEWAY_KEY=GATEWAY_KEY, AOAI_KEY_0=BACKEND_KEY, API_GATEWAY_ENV="prod")
+    cmd = [START, "--engine", "podman", "--config", config, "--port", "9000", "--name", "gw"]
+    done = run([*cmd, "--replace"], env)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert GATEWAY_KEY not in output
+    assert BACKEND_KEY not in output
+    assert "http://127.0.0.1:9000/api/v1/prod/apirouter/healthz" in output
+    inspect, call = calls(log)
+    assert inspect["argv"][:2] == ["container", "inspect"]
+    argv = call["argv"]
+    assert argv[0] == "run"
+    assert argv[-1] == "apirouter:latest"
+    joined = " ".join(argv)
+    # Secrets: named, never valued, on the command line; the engine gets them by environment.
+    assert GATEWAY_KEY not in joined
+    assert BACKEND_KEY not in joined
+    envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert "API_GATEWAY_KEY" in envs
+    assert "AOAI_KEY_0" in envs
+    assert call["env"] == {"API_GATEWAY_KEY": GATEWAY_KEY, "AOAI_KEY_0": BACKEND_KEY}
+    settings = dict(e.split("=", 1) for e in envs if "=" in e)
+    assert settings["API_GATEWAY_CONFIG_FILE"] == "/etc/apirouter/api-router-config.json"
+    assert settings["API_GATEWAY_NAME"] == "gw"
+    assert settings["API_GATEWAY_ENV"] == "prod"
+    assert settings["API_GATEWAY_METRICS_CINTERVAL"] == "60"
+    assert settings["API_GATEWAY_METRICS_CHISTORY"] == "168"
+    assert settings["API_GATEWAY_PORT"] == "8000"
+    assert settings["IMAGE_ID"] == "apirouter:latest"
+    # The file is mounted read-only; the container is locked down and detached.
+    volume = argv[argv.index("--volume") + 1]
+    assert volume.startswith(f"{config}:/etc/apirouter/api-router-config.json:ro")
+    assert argv[argv.index("--publish") + 1] == "0.0.0.0:9000:8000"
+    assert "--read-only" in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert argv[argv.index("--security-opt") + 1] == "no-new-privileges"
+    assert argv[argv.index("--stop-timeout") + 1] == "40"
+    assert argv[argv.index("--restart") + 1] == "unless-stopped"
+    assert "--detach" in argv
+
+
+def test_start_on_the_host_network(fake_engine: tuple[dict[str, str], Path], config: Path) -> None:
+    env, log = fake_engine
+    env.update(API_GATEWAY_KEY=GATEWAY_KEY, AOAI_KEY_0=BACKEND_KEY)
+    done = run(
+        [START, "--engine", "podman", "--config", config, "--host-network", "--port", "9100"],
+        env,
+    )
+    assert done.returncode == 0, done.stderr
+    (call,) = calls(log)
+    argv = call["argv"]
+    assert argv[argv.index("--network") + 1] == "host"
+    assert "--publish" not in argv
+    assert "API_GATEWAY_PORT=9100" in argv
