@@ -30,16 +30,15 @@ COPY wsgi.py api-router-config.json ./
 COPY gateway_app/ ./gateway_app/
 RUN python -m compileall -q wsgi.py gateway_app
 
-# Optional settings with their documented defaults. The required ones (API_GATEWAY_KEY,
-# API_GATEWAY_CONFIG_FILE, API_GATEWAY_NAME, API_GATEWAY_ENV, API_GATEWAY_METRICS_CINTERVAL,
-# API_GATEWAY_METRICS_CHISTORY) are deliberately not set: a missing one stops start-up
-# with a clear message instead of running with a guess. Secrets are never baked in.
+# Where the server listens; EXPOSE and the HEALTHCHECK below follow these two. The other
+# optional settings (threads, limits, timeouts, shutdown grace, logging) keep the gateway's
+# own defaults, documented in the README, so they are not repeated here. The required ones
+# (API_GATEWAY_KEY, API_GATEWAY_CONFIG_FILE, API_GATEWAY_NAME, API_GATEWAY_ENV,
+# API_GATEWAY_METRICS_CINTERVAL, API_GATEWAY_METRICS_CHISTORY) are deliberately not set: a
+# missing one stops start-up with a clear message instead of running on a guess. Secrets are
+# never baked in.
 ENV API_GATEWAY_HOST=0.0.0.0 \
-    API_GATEWAY_PORT=8000 \
-    API_GATEWAY_LOG_LEVEL=info \
-    API_GATEWAY_THREADS=256 \
-    API_GATEWAY_CONNECTION_LIMIT=1000 \
-    API_GATEWAY_SHUTDOWN_GRACE=30
+    API_GATEWAY_PORT=8000
 
 EXPOSE 8000
 

@@ -37,8 +37,10 @@ Environment read from this shell (export the variables first):
   API_GATEWAY_ENV                default: dev
   API_GATEWAY_METRICS_CINTERVAL  default: 60 (minutes)
   API_GATEWAY_METRICS_CHISTORY   default: 168
-  API_GATEWAY_LOG_LEVEL, API_GATEWAY_THREADS, API_GATEWAY_CONNECTION_LIMIT,
-  API_GATEWAY_SHUTDOWN_GRACE     passed on when set (the image has their defaults)
+  API_GATEWAY_LOG_LEVEL, API_GATEWAY_LOG_FORMAT, API_GATEWAY_THREADS,
+  API_GATEWAY_CONNECTION_LIMIT, API_GATEWAY_SHUTDOWN_GRACE, API_GATEWAY_CONNECT_TIMEOUT,
+  API_GATEWAY_READ_TIMEOUT, API_GATEWAY_MAX_BODY_BYTES
+                                 passed on when set (else the gateway's defaults)
 
 Secrets are handed over as "-e NAME" without a value: the engine copies them from this
 environment, so they show up neither in the process list nor in this script's output.
@@ -134,8 +136,11 @@ done
 
 inner_port=8000
 ((host_network)) && inner_port="$port"
-grace="${API_GATEWAY_SHUTDOWN_GRACE:-30}"
-[[ "$grace" =~ ^[0-9]+$ ]] || die "API_GATEWAY_SHUTDOWN_GRACE is not a whole number of seconds"
+grace="${API_GATEWAY_SHUTDOWN_GRACE:-25}"  # the gateway's default
+[[ "$grace" =~ ^[0-9]+(\.[0-9]*)?$ ]] || die "API_GATEWAY_SHUTDOWN_GRACE is not a number of seconds"
+# Whole seconds the engine waits after SIGTERM before SIGKILL: the grace, rounded up, + 10.
+stop_timeout=$((10#${grace%%.*} + 10))
+[[ "$grace" =~ \.[0-9]*[1-9] ]] && stop_timeout=$((stop_timeout + 1))
 
 mount_opts="ro"
 # SELinux hosts (RHEL, Fedora) label the file for containers, or the container cannot read it.
@@ -151,14 +156,16 @@ args=(run --name "$name"
     --env "API_GATEWAY_METRICS_CINTERVAL=${API_GATEWAY_METRICS_CINTERVAL:-60}"
     --env "API_GATEWAY_METRICS_CHISTORY=${API_GATEWAY_METRICS_CHISTORY:-168}"
     --env "API_GATEWAY_PORT=$inner_port"
-    --env "API_GATEWAY_SHUTDOWN_GRACE=$grace"
     --env "IMAGE_ID=$image"
     # Locked down like the Kubernetes pod: read-only root, a small /tmp, no capabilities.
     --read-only --tmpfs "/tmp:rw,nosuid,nodev,size=64m"
     --cap-drop ALL --security-opt no-new-privileges
     # docker stop / podman stop wait this long after SIGTERM: the calls' grace and a margin.
-    --stop-timeout "$((grace + 10))")
-for var in API_GATEWAY_LOG_LEVEL API_GATEWAY_THREADS API_GATEWAY_CONNECTION_LIMIT; do
+    --stop-timeout "$stop_timeout")
+# Optional settings travel only when set: the image keeps the gateway's defaults otherwise.
+for var in API_GATEWAY_LOG_LEVEL API_GATEWAY_LOG_FORMAT API_GATEWAY_THREADS \
+    API_GATEWAY_CONNECTION_LIMIT API_GATEWAY_SHUTDOWN_GRACE API_GATEWAY_CONNECT_TIMEOUT \
+    API_GATEWAY_READ_TIMEOUT API_GATEWAY_MAX_BODY_BYTES; do
     [[ -n "${!var:-}" ]] && args+=(--env "$var=${!var}")
 done
 for var in "${secret_vars[@]}"; do

@@ -194,7 +194,10 @@ def test_gateway_settings_come_from_values(default_objects: dict[str, dict]) -> 
     assert values["API_GATEWAY_METRICS_CINTERVAL"] == "60"
     assert values["API_GATEWAY_METRICS_CHISTORY"] == "168"
     assert values["API_GATEWAY_PORT"] == "8000"
-    assert values["API_GATEWAY_SHUTDOWN_GRACE"] == "30"
+    assert values["API_GATEWAY_SHUTDOWN_GRACE"] == "25"
+    # Left to the gateway's own defaults unless given.
+    for name in ("API_GATEWAY_THREADS", "API_GATEWAY_CONNECTION_LIMIT", "API_GATEWAY_LOG_FORMAT"):
+        assert name not in values
     assert values["API_GATEWAY_CONFIG_FILE"] == "/etc/apirouter/api-router-config.json"
     assert values["IMAGE_ID"] == "apirouter:0.1.0"
     # Every value is a string, as Kubernetes requires for env.
@@ -270,7 +273,7 @@ def test_termination_grace_exceeds_the_gateway_grace(default_objects: dict[str, 
     pod = default_objects["Deployment"]["spec"]["template"]["spec"]
     container = container_of(default_objects["Deployment"])
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] > 30 + pre_stop
+    assert pod["terminationGracePeriodSeconds"] > 25 + pre_stop
 
 
 def test_service_targets_the_pods(default_objects: dict[str, dict]) -> None:
@@ -402,6 +405,10 @@ def test_all_on_settings_reach_the_pod(all_on_objects: dict[str, dict]) -> None:
     assert env["API_GATEWAY_ENV"] == "prod"
     assert env["API_GATEWAY_METRICS_CINTERVAL"] == "0.5"
     assert env["HTTPS_PROXY"] == "http://proxy.example.com:3128"
+    assert env["API_GATEWAY_THREADS"] == "128"
+    assert env["API_GATEWAY_CONNECTION_LIMIT"] == "500"
+    assert env["API_GATEWAY_LOG_FORMAT"] == "json"
+    assert env["API_GATEWAY_SHUTDOWN_GRACE"] == "60"
     assert pod["terminationGracePeriodSeconds"] == 90
     assert pod["serviceAccountName"] == "apirouter-gateway"
     assert pod["priorityClassName"] == "high-priority"

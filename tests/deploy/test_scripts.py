@@ -156,7 +156,7 @@ def test_start_hands_secrets_over_by_name_only(
     assert "--read-only" in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert argv[argv.index("--security-opt") + 1] == "no-new-privileges"
-    assert argv[argv.index("--stop-timeout") + 1] == "40"
+    assert argv[argv.index("--stop-timeout") + 1] == "35"  # the gateway's 25 s grace + 10
     assert argv[argv.index("--restart") + 1] == "unless-stopped"
     assert "--detach" in argv
 
