@@ -5,10 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from .registry import Registry
 
 log = logging.getLogger("apirouter")
+
+# Receives the entries of one closing, one per endpoint: {"endpoint", "priority",
+# "collectionTime", "collectedMetrics"}. Runs on the collector thread, never on a call's.
+Sink = Callable[[list[dict[str, Any]]], None]
 
 
 class IntervalCollector:
@@ -17,6 +23,7 @@ class IntervalCollector:
     def __init__(self, registry: Registry, interval: float) -> None:
         self.registry = registry
         self.interval = interval
+        self.sinks: list[Sink] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-collector", daemon=True)
 
@@ -31,9 +38,15 @@ class IntervalCollector:
         deadline = time.monotonic() + self.interval
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
             try:
-                self.registry.close_intervals()
+                closed = self.registry.close_intervals()
             except Exception:  # the thread must survive anything, or history stops
                 log.exception("closing the metrics interval failed")
+                closed = []
+            for sink in self.sinks:
+                try:
+                    sink(closed)
+                except Exception:
+                    log.exception("a metrics history sink failed")
             deadline += self.interval
             now = time.monotonic()
             if deadline < now:  # the process was suspended: skip missed windows

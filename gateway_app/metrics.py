@@ -66,11 +66,13 @@ class EndpointMetrics:
     def failure(self) -> None:
         self.current.failed_calls += 1
 
-    def close_interval(self, now: float) -> None:
+    def close_interval(self, now: float) -> dict[str, Any]:
         """Push the current interval to the history (oldest dropped) and start a new one."""
-        self.history.append(self.current.history_entry(self.started_at))
+        entry = self.current.history_entry(self.started_at)
+        self.history.append(entry)
         self.current = IntervalCounters()
         self.started_at = now
+        return entry
 
     def to_json(self) -> dict[str, Any]:
         """The original's ``metrics`` object; history "0" is the oldest interval kept."""

@@ -179,12 +179,15 @@ class Registry:
         return Busy(retry_after=wait, throttled=throttled)
 
     # --- metrics ---------------------------------------------------------------------------
-    def close_intervals(self) -> None:
-        """Close the current metrics interval of every backend."""
+    def close_intervals(self) -> list[dict[str, Any]]:
+        """Close the current metrics interval of every backend; return the closed entries."""
         now = time.time()
         with self._lock:
+            closed = []
             for backend in self._backends:
-                backend.metrics.close_interval(now)
+                entry = backend.metrics.close_interval(now)
+                closed.append({"endpoint": backend.uri, "priority": backend.priority, **entry})
+            return closed
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """Per-endpoint metrics and instance totals, copied under the lock."""

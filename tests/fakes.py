@@ -70,6 +70,9 @@ def sse_event(data: Any) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
 def chunk(index: int, text: str, usage_null: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "created": 1,
                             "model": "gpt-4o",
@@ -81,15 +84,22 @@ def chunk(index: int, text: str, usage_null: bool = False) -> dict[str, Any]:
 
 
 def stream(events: list[bytes], gap: float = 0.0, break_after: int | None = None,
-           first_delay: float = 0.0) -> Behaviour:
-    """Send server-sent events one chunk each, ``gap`` seconds apart; optionally die midway."""
+           first_delay: float = 0.0, chunked: bool = True) -> Behaviour:
+    """Send server-sent events, ``gap`` seconds apart; optionally die after ``break_after``.
+
+    Chunked (one event a chunk) like Azure, or delimited by closing the connection.
+    """
 
     def act(h: _Handler) -> None:
         if first_delay:
             h.fake.stopping.wait(first_delay)
         h.send_response(200)
         h.send_header("content-type", "text/event-stream")
-        h.send_header("transfer-encoding", "chunked")
+        if chunked:
+            h.send_header("transfer-encoding", "chunked")
+        else:
+            h.send_header("connection", "close")
+            h.close_connection = True
         h.end_headers()
         h.wfile.flush()
         for i, event in enumerate(events):
@@ -98,13 +108,15 @@ def stream(events: list[bytes], gap: float = 0.0, break_after: int | None = None
                 return
             if i and gap:
                 h.fake.stopping.wait(gap)
+            framed = f"{len(event):x}\r\n".encode() + event + b"\r\n" if chunked else event
             try:
-                h.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                h.wfile.write(framed)
                 h.wfile.flush()
             except OSError:
                 h.fake.client_gone.set()
                 return
-        h.wfile.write(b"0\r\n\r\n")
+        if chunked:
+            h.wfile.write(b"0\r\n\r\n")
     return act
 
 

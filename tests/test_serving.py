@@ -1,0 +1,133 @@
+"""The real processes: ``python wsgi.py`` and ``waitress-serve wsgi:app``, and SIGTERM draining."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import base_env, write_config
+from tests.fakes import DONE_EVENT, chunk, sse_event, stream, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    full_env = {**os.environ, **env}
+    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_serving(url: str, proc: subprocess.Popen) -> None:
+    def up() -> bool:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            return requests.get(url, timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+    wait_until(up, timeout=20, interval=0.1)
+
+
+@pytest.fixture
+def process_env(tmp_path, fake):
+    backend = fake()
+    port = free_port()
+    env = {**base_env(write_config(tmp_path / "c.json", [backend])),
+           "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1",
+           "API_GATEWAY_LOG_LEVEL": "info"}
+    return env, port, backend
+
+
+@pytest.mark.parametrize("launcher", ["python", "waitress-serve"])
+def test_both_launchers_serve_the_gateway(process_env, launcher):
+    env, port, backend = process_env
+    if launcher == "python":
+        cmd = [sys.executable, "wsgi.py"]
+    else:
+        cmd = [sys.executable, "-m", "waitress", "--host", "127.0.0.1", "--port", str(port),
+               "wsgi:app"]
+    proc = start(cmd, env)
+    try:
+        prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
+        wait_serving(f"{prefix}/healthz", proc)
+        r = requests.post(f"{prefix}/lb", json={"messages": []}, timeout=10)
+        assert r.status_code == 200 and backend.calls == 1
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_sigterm_lets_a_slow_stream_finish_then_exits_0(tmp_path, fake):
+    backend = fake().script(stream([*(sse_event(chunk(i, "x")) for i in range(6)), DONE_EVENT],
+                                   gap=0.3))
+    port = free_port()
+    env = {**base_env(write_config(tmp_path / "c.json", [backend])),
+           "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1",
+           "API_GATEWAY_SHUTDOWN_GRACE": "20", "API_GATEWAY_LOG_LEVEL": "info"}
+    proc = start([sys.executable, "wsgi.py"], env)
+    prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
+    try:
+        wait_serving(f"{prefix}/healthz", proc)
+        received: list[bytes] = []
+
+        def client() -> None:
+            r = requests.post(f"{prefix}/lb", json={"stream": True}, stream=True, timeout=30)
+            received.extend(line for line in r.iter_lines() if line)
+
+        t = threading.Thread(target=client)
+        t.start()
+        wait_until(lambda: backend.calls == 1, timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        # no new connections once the signal is handled
+        wait_until(lambda: _refused(port), timeout=5)
+        t.join(20)
+        assert received[-1] == b"data: [DONE]" and len(received) == 7
+        assert proc.wait(15) == 0
+        output = proc.stdout.read()
+        assert "signal SIGTERM" in output and "stopped" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def test_grace_period_bounds_the_wait(tmp_path, fake):
+    backend = fake().script(stream([sse_event(chunk(i, "x")) for i in range(100)], gap=0.2))
+    port = free_port()
+    env = {**base_env(write_config(tmp_path / "c.json", [backend])),
+           "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1",
+           "API_GATEWAY_SHUTDOWN_GRACE": "0.5"}
+    proc = start([sys.executable, "wsgi.py"], env)
+    prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
+    try:
+        wait_serving(f"{prefix}/healthz", proc)
+        r = requests.post(f"{prefix}/lb", json={"stream": True}, stream=True, timeout=30)
+        next(r.iter_lines())
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
