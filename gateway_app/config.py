@@ -22,6 +22,15 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """A whole validated configuration file."""
+
+    endpoints: list[EndpointConfig]
+    # optional sections, validated by their own schemas, kept as loaded
+    sections: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     """One backend deployment as configured."""
 
@@ -69,7 +78,7 @@ def _flatten(errors: Any, path: str = "") -> list[str]:
     return [f"{path or 'configuration'}: {errors}"]
 
 
-def parse_config(document: Any, environ: Mapping[str, str]) -> list[EndpointConfig]:
+def parse_config(document: Any, environ: Mapping[str, str]) -> GatewayConfig:
     """Validate a decoded configuration and resolve keys; raise ConfigError on any problem."""
     try:
         data = ConfigSchema().load(document)
@@ -87,10 +96,11 @@ def parse_config(document: Any, environ: Mapping[str, str]) -> list[EndpointConf
                                         priority=entry.get("priority", index),
                                         timeout=entry.get("timeout")))
     # stable sort: explicit priorities first by value, file order breaks ties
-    return sorted(endpoints, key=lambda e: e.priority)
+    sections = {k: v for k, v in data.items() if k != "endpoints"}
+    return GatewayConfig(sorted(endpoints, key=lambda e: e.priority), sections)
 
 
-def load_config(path: str, environ: Mapping[str, str] | None = None) -> list[EndpointConfig]:
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Read, decode and validate the file at ``path``."""
     try:
         with open(path, "rb") as handle:

@@ -37,7 +37,8 @@ class Gateway:
                                  history_size=settings.metrics_history,
                                  failure_cooldown=settings.failure_cooldown,
                                  failure_cooldown_max=settings.failure_cooldown_max)
-        self.registry.replace(load_config(settings.config_file))
+        self.config = load_config(settings.config_file)
+        self.registry.replace(self.config.endpoints)
         self.proxy = Proxy(self.registry, settings)
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds)
         self.started_at = time.time()
@@ -53,10 +54,11 @@ class Gateway:
     def reload(self) -> int:
         """Re-read the configuration file; raise ConfigError and keep the old list if invalid."""
         with self._reload_lock:  # two reloads at once would race to swap
-            endpoints = load_config(self.settings.config_file)
-            self.registry.replace(endpoints)
-        log.info("configuration reloaded: %d endpoint(s)", len(endpoints))
-        return len(endpoints)
+            config = load_config(self.settings.config_file)
+            self.registry.replace(config.endpoints)
+            self.config = config
+        log.info("configuration reloaded: %d endpoint(s)", len(config.endpoints))
+        return len(config.endpoints)
 
     def endpoints(self) -> dict[str, str]:
         return {str(b.priority): b.uri for b in self.registry.backends()}

@@ -13,14 +13,14 @@ URI = "https://res.openai.azure.com/openai/deployments/gpt/chat/completions?api-
 
 
 def test_the_original_file_works_unchanged():
-    endpoints = load_config("api-router-config.json")
+    endpoints = load_config("api-router-config.json").endpoints
     assert [e.priority for e in endpoints] == [0, 1, 2]
-    assert endpoints[0].uri.startswith("http://127.0.0.1:8001/openai/deployments/primary")
+    assert endpoints[0].uri.startswith("http://127.0.0.1:8080/openai/deployments/primary")
 
 
 def test_key_from_environment_variable_stays_out_of_the_file():
     doc = {"endpoints": [{"uri": URI, "apikeyEnv": "AOAI_KEY_0"}]}
-    [endpoint] = parse_config(doc, {"AOAI_KEY_0": "from-env"})
+    [endpoint] = parse_config(doc, {"AOAI_KEY_0": "from-env"}).endpoints
     assert endpoint.api_key == "from-env"
     assert "from-env" not in repr(endpoint)
 

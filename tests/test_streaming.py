@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import time
@@ -48,7 +49,7 @@ def test_each_event_reaches_the_client_as_the_backend_sends_it(fake, start_gatew
     assert [d for _, d in got][-1] == "[DONE]" and len(got) == 6
     arrivals = [t - started for t, _ in got]
     # held-back events would arrive together at the end; relayed ones arrive a gap apart
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) > gap * 0.5, gaps
     assert arrivals[0] < arrivals[-1] - 4 * gap * 0.8
 
@@ -104,7 +105,7 @@ def test_usage_chunk_reaches_a_client_that_asked(fake, start_gateway):
 def test_old_api_versions_are_not_sent_stream_options(fake, start_gateway):
     backend = fake().script(stream([*events(2), DONE]))
     gw = start_gateway([{"uri": backend.uri(api_version="2024-02-01"), "apikey": "k"}])
-    streamed(gw).content
+    assert streamed(gw).status_code == 200
     assert "stream_options" not in backend.received[0].json()
 
 
