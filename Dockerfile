@@ -15,15 +15,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when requirements.txt changes.
-COPY requirements.txt ./
-RUN python -m pip install --no-cache-dir -r requirements.txt
-
 # The account the server runs as: unprivileged, no home, no login shell. Its numeric id is
 # what USER names, so Kubernetes can check runAsNonRoot without a passwd lookup.
 RUN groupadd --system --gid 10001 apirouter \
     && useradd --system --uid 10001 --gid apirouter --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin apirouter
+
+# Dependencies first, in their own layer: it is rebuilt only when requirements.txt changes.
+COPY requirements.txt ./
+RUN python -m pip install --no-cache-dir -r requirements.txt
 
 # The code, owned by root: the server's account can read it, not change it.
 COPY wsgi.py api-router-config.json ./

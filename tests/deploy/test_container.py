@@ -5,7 +5,8 @@ is a stand-in that scripts/install-ci-tools.sh builds from Debian's packages), t
 scripts/start-container.sh runs it on the host's network, with the configuration mounted
 read-only and the keys handed over from the environment. The test asks /healthz and
 /readyz, sends one call through /lb to a fake deployment on 127.0.0.1, runs the image's
-HEALTHCHECK, and stops the container: SIGTERM must end it promptly with exit code 0.
+HEALTHCHECK, and stops the container while a slow call is in flight: the call must
+complete, and SIGTERM must end the container promptly with exit code 0.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ENV_SEGMENT = "citest"
 BUILD_TIMEOUT = 480
 START_TIMEOUT = 60
 STOP_LIMIT = 10
+SLOW_CALL_S = 2
 
 
 def free_port() -> int:
@@ -57,6 +59,8 @@ class FakeDeployment(BaseHTTPRequestHandler):
         self.seen.append(
             {"path": self.path, "key": self.headers.get("api-key"), "body": body},
         )
+        if body.get("user") == "slow":  # a call still running when SIGTERM arrives
+            time.sleep(SLOW_CALL_S)
         answer = {
             "id": "chatcmpl-fake-1",
             "object": "chat.completion",
@@ -285,10 +289,25 @@ def test_container_serves_and_stops_on_sigterm(
         touch = podman(container_tools, "exec", name, "touch", "/app/x", check=False)
         assert touch.returncode != 0
 
+        # A call in flight when SIGTERM arrives is let finish.
+        slow: dict[str, object] = {}
+
+        def slow_call() -> None:
+            slow["result"] = http("POST", f"{base}/lb", {"messages": [], "user": "slow"}, 30)
+
+        caller = threading.Thread(target=slow_call, daemon=True)
+        caller.start()
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(seen) == 2, "the slow call did not reach the fake deployment"
+
         # podman stop sends SIGTERM (the image's STOPSIGNAL) and waits.
         began = time.monotonic()
         podman(container_tools, "stop", "--time", "30", name, timeout=60)
         took = time.monotonic() - began
+        caller.join(timeout=30)
+        assert slow.get("result", (None,))[0] == 200, slow
         state = json.loads(podman(container_tools, "inspect", name).stdout)[0]["State"]
         logs = podman(container_tools, "logs", name, check=False)
         assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{logs.stderr}"
