@@ -129,14 +129,18 @@ chart's Secret, so no key is ever written into the ConfigMap.
 {{- toJson (dict "config" $cfg "keys" $keys) }}
 {{- end }}
 
-{{/* Environment variable names for apiKeys: valid names, and none of the gateway's own. */}}
+{{/*
+Names in apiKeys: valid environment variable names, and none that the container's env
+sets itself (the explicit env would silently win over the Secret's entry).
+*/}}
 {{- define "apirouter.checkApiKeys" -}}
+{{- $setByChart := list "API_GATEWAY_KEY" "API_GATEWAY_CONFIG_FILE" "API_GATEWAY_NAME" "API_GATEWAY_ENV" "API_GATEWAY_METRICS_CINTERVAL" "API_GATEWAY_METRICS_CHISTORY" "API_GATEWAY_HOST" "API_GATEWAY_PORT" "API_GATEWAY_LOG_LEVEL" "API_GATEWAY_LOG_FORMAT" "API_GATEWAY_THREADS" "API_GATEWAY_CONNECTION_LIMIT" "API_GATEWAY_SHUTDOWN_GRACE" "IMAGE_ID" "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "POD_SVC_ACCOUNT" }}
 {{- range $name, $_ := .Values.apiKeys }}
 {{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" $name) }}
 {{- fail (printf "apiKeys: %q is not a valid environment variable name" $name) }}
 {{- end }}
-{{- if hasPrefix "API_GATEWAY_" $name }}
-{{- fail (printf "apiKeys: %q would override a gateway setting" $name) }}
+{{- if has $name $setByChart }}
+{{- fail (printf "apiKeys: %q is set by the chart itself; use its own value" $name) }}
 {{- end }}
 {{- end }}
 {{- end }}
