@@ -29,6 +29,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["apirouter"] = gw
     app.register_blueprint(bp, url_prefix=settings.route_prefix)
     register_error_handlers(app)
+    if not gw.client_keys.enabled:
+        log.warning("no client keys configured: every route is open to anyone who can reach "
+                    "it (set API_GATEWAY_CLIENT_KEYS or clientKeys in the configuration file)")
     gw.start()
     log.info("gateway %s serving %d endpoint(s) under %s", settings.name,
              len(gw.registry.backends()), settings.route_prefix)

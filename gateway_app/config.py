@@ -26,6 +26,8 @@ class GatewayConfig:
     """A whole validated configuration file."""
 
     endpoints: list[EndpointConfig]
+    # client name -> key, from the optional clientKeys section
+    client_keys: dict[str, str] = field(default_factory=dict, repr=False)
     # optional sections, validated by their own schemas, kept as loaded
     sections: dict[str, Any] = field(default_factory=dict)
 
@@ -40,11 +42,14 @@ class EndpointConfig:
     timeout: float | None = None
 
 
+ENV_NAME = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           error="must be an environment variable name")
+
+
 class EndpointSchema(Schema):
     uri = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
     apikey = fields.String(validate=validate.Length(min=1))
-    apikeyEnv = fields.String(validate=validate.Regexp(
-        r"^[A-Za-z_][A-Za-z0-9_]*$", error="must be an environment variable name"))
+    apikeyEnv = fields.String(validate=ENV_NAME)
     priority = fields.Integer(strict=True, validate=validate.Range(min=0))
     timeout = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
 
@@ -54,7 +59,21 @@ class EndpointSchema(Schema):
             raise ValidationError("give exactly one of apikey and apikeyEnv", "apikey")
 
 
+class ClientKeySchema(Schema):
+    """A key an application sends to use the gateway; the name shows in logs, the key never."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    key = fields.String(validate=validate.Length(min=8, error="must be at least 8 characters"))
+    keyEnv = fields.String(validate=ENV_NAME)
+
+    @validates_schema
+    def one_key_source(self, data: dict[str, Any], **_: Any) -> None:
+        if ("key" in data) == ("keyEnv" in data):
+            raise ValidationError("give exactly one of key and keyEnv", "key")
+
+
 class ConfigSchema(Schema):
+    clientKeys = fields.List(fields.Nested(ClientKeySchema))
     endpoints = fields.List(
         fields.Nested(EndpointSchema), required=True,
         validate=validate.Length(min=1, error="must list at least one endpoint"))
@@ -86,18 +105,29 @@ def parse_config(document: Any, environ: Mapping[str, str]) -> GatewayConfig:
         raise ConfigError("; ".join(_flatten(exc.messages))) from None
     endpoints = []
     for index, entry in enumerate(data["endpoints"]):
-        key = entry.get("apikey")
-        if key is None:
-            key = environ.get(entry["apikeyEnv"], "")
-            if not key:
-                raise ConfigError(f"endpoints[{index}].apikeyEnv: environment variable "
-                                  f"{entry['apikeyEnv']} is not set or empty")
+        key = _secret(entry, "apikey", "apikeyEnv", f"endpoints[{index}]", environ)
         endpoints.append(EndpointConfig(uri=entry["uri"], api_key=key,
                                         priority=entry.get("priority", index),
                                         timeout=entry.get("timeout")))
+    client_keys = {}
+    for index, entry in enumerate(data.get("clientKeys", [])):
+        client_keys[entry["name"]] = _secret(entry, "key", "keyEnv", f"clientKeys[{index}]",
+                                             environ)
+    sections = {k: v for k, v in data.items() if k not in ("endpoints", "clientKeys")}
     # stable sort: explicit priorities first by value, file order breaks ties
-    sections = {k: v for k, v in data.items() if k != "endpoints"}
-    return GatewayConfig(sorted(endpoints, key=lambda e: e.priority), sections)
+    return GatewayConfig(sorted(endpoints, key=lambda e: e.priority), client_keys, sections)
+
+
+def _secret(entry: dict[str, Any], field_name: str, env_field: str, where: str,
+            environ: Mapping[str, str]) -> str:
+    """A key given in the file, or read from the environment variable the file names."""
+    if field_name in entry:
+        return entry[field_name]
+    value = environ.get(entry[env_field], "")
+    if not value:
+        raise ConfigError(f"{where}.{env_field}: environment variable {entry[env_field]} "
+                          "is not set or empty")
+    return value
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -9,12 +9,15 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from .auth import ClientKeys, Lockout
 from .collector import IntervalCollector
 from .config import load_config
 from .metrics import iso_time
 from .proxy import Proxy
 from .registry import Registry
 from .settings import Settings
+from .telemetry import Telemetry
+from .watcher import ConfigWatcher
 
 log = logging.getLogger("apirouter")
 
@@ -39,16 +42,31 @@ class Gateway:
                                  failure_cooldown_max=settings.failure_cooldown_max)
         self.config = load_config(settings.config_file)
         self.registry.replace(self.config.endpoints)
-        self.proxy = Proxy(self.registry, settings)
+        self.client_keys = self._client_keys()
+        self.reconfig_lockout = Lockout(settings.reconfig_max_failures, seconds=60.0)
+        self.telemetry = Telemetry(self.registry)
+        self.proxy = Proxy(self.registry, settings, self.telemetry)
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds)
+        self.watcher = (ConfigWatcher(settings.config_file, settings.config_watch_seconds,
+                                      self.reload)
+                        if settings.config_watch_seconds else None)
         self.started_at = time.time()
         self._reload_lock = threading.Lock()
 
+    def _client_keys(self) -> ClientKeys:
+        """Keys from the environment (named env-1, env-2 ...) and from the file."""
+        named = {f"env-{i}": key for i, key in enumerate(self.settings.client_keys, 1)}
+        return ClientKeys({**named, **self.config.client_keys})
+
     def start(self) -> None:
         self.collector.start()
+        if self.watcher:
+            self.watcher.start()
 
     def stop(self) -> None:
         self.collector.stop()
+        if self.watcher:
+            self.watcher.stop()
         self.registry.close()
 
     def reload(self) -> int:
@@ -57,6 +75,7 @@ class Gateway:
             config = load_config(self.settings.config_file)
             self.registry.replace(config.endpoints)
             self.config = config
+            self.client_keys = self._client_keys()
         log.info("configuration reloaded: %d endpoint(s)", len(config.endpoints))
         return len(config.endpoints)
 

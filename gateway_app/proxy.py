@@ -24,7 +24,8 @@ from .headers import backend_headers, client_headers
 from .registry import Backend, Registry
 from .retry_after import retry_after_seconds, whole_seconds
 from .settings import Settings
-from .sse import EventSplitter, is_usage_only, total_tokens
+from .sse import EventSplitter, Usage, is_usage_only, usage_of
+from .telemetry import Telemetry
 
 log = logging.getLogger("apirouter.call")
 
@@ -42,6 +43,7 @@ class Call:
     payload: dict
     headers: Mapping[str, str]
     request_id: str
+    client: str | None = None  # the client key's name, when keys are required
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -90,9 +92,10 @@ def _body_for(backend: Backend, call: Call) -> tuple[bytes, bool]:
 class Proxy:
     """Forwards calls through the registry's backends; holds no per-call state."""
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
+    def __init__(self, registry: Registry, settings: Settings, telemetry: Telemetry) -> None:
         self.registry = registry
         self.settings = settings
+        self.telemetry = telemetry
 
     def forward(self, call: Call, client_gone: Callable[[], bool] = lambda: False) -> Answer:
         outcome = Outcome()
@@ -102,8 +105,10 @@ class Proxy:
             answer = self._attempt(backend, call, outcome, client_gone)
             if answer is not None:
                 self.registry.count_client_call(served=True)
+                self.telemetry.client_call(served=True)
                 return answer
         self.registry.count_client_call(served=False)
+        self.telemetry.client_call(served=False)
         return self._unavailable(call, outcome)
 
     def _attempt(self, backend: Backend, call: Call, outcome: Outcome,
@@ -125,15 +130,17 @@ class Proxy:
                                            self.settings.max_retry_after)
             response.close()
             self.registry.throttled(backend, cooldown)
+            self.telemetry.refused(backend, "429", "throttled")
             outcome.tried(backend, "429")
             return None
         if status >= 500:
             response.close()
             return self._fault(backend, outcome, str(status))
+        streamed = "text/event-stream" in response.headers.get("content-type", "")
         try:
-            if "text/event-stream" in response.headers.get("content-type", ""):
-                first = response.raw.read1(READ_SIZE)
-                if not first:
+            if streamed:
+                content = response.raw.read1(READ_SIZE)
+                if not content:
                     raise http.client.IncompleteRead(b"")
             else:
                 content = response.raw.read(decode_content=False)
@@ -143,19 +150,36 @@ class Proxy:
         outcome.tried(backend, str(status))
         headers = client_headers(response.raw.headers.items(), call.request_id,
                                  backend.priority, len(outcome.attempts))
-        if "text/event-stream" in response.headers.get("content-type", ""):
-            relay = StreamRelay(self.registry, backend, response, call, outcome, started,
-                                first, injected, client_gone)
+        if streamed:
+            relay = StreamRelay(self, backend, response, call, outcome, started, content,
+                                injected, client_gone)
             return Answer(status, [*headers, ("x-accel-buffering", "no")], relay)
         response.close()
-        tokens = total_tokens(content) if status < 300 else None
-        latency_ms = (time.monotonic() - started) * 1000
-        self.registry.succeeded(backend, latency_ms, tokens or 0)
-        _log_call(call, backend, outcome, status, latency_ms, None, tokens)
+        self.finished(call, backend, outcome, status, started,
+                      usage_of(content) if status < 300 else None)
         return Answer(status, headers, content)
+
+    def finished(self, call: Call, backend: Backend, outcome: Outcome, status: int,
+                 started: float, usage: Usage | None, ttft: float | None = None,
+                 stream: str = "") -> None:
+        """An answer was relayed: count it, time it, log it."""
+        seconds = time.monotonic() - started
+        self.registry.succeeded(backend, seconds * 1000, usage.total if usage else 0)
+        self.telemetry.answered(backend, status, seconds, usage, ttft)
+        log_call(call, outcome, status, seconds, backend=backend, usage=usage, ttft=ttft,
+                 stream=stream)
+
+    def broken(self, call: Call, backend: Backend, outcome: Outcome, status: int,
+               started: float, usage: Usage | None, ttft: float | None) -> None:
+        """A stream broke after its first byte: too late to fail over, but a fault."""
+        self.registry.failed(backend)
+        self.telemetry.refused(backend, "stream_broken", "failed")
+        log_call(call, outcome, status, time.monotonic() - started, backend=backend,
+                 usage=usage, ttft=ttft, stream="broken")
 
     def _fault(self, backend: Backend, outcome: Outcome, reason: str) -> None:
         self.registry.failed(backend)
+        self.telemetry.refused(backend, "5xx" if reason.isdigit() else "error", "failed")
         outcome.tried(backend, reason)
         return None
 
@@ -172,12 +196,11 @@ class Proxy:
         message += f"; retry after {whole_seconds(wait)} seconds."
         headers = [("retry-after", str(whole_seconds(wait))),
                    ("retry-after-ms", str(max(1, round(wait * 1000)))),
-                   ("x-request-id", call.request_id)]
+                   ("x-request-id", call.request_id),
+                   ("content-type", "application/json")]
         code = "AllEndpointsBusy" if throttled else "NoEndpointAvailable"
-        log.warning("call %s unserved status=%d attempts=%s retry_after=%.3f",
-                    call.request_id, status, ",".join(outcome.attempts) or "-", wait)
-        return Answer(status, [*headers, ("content-type", "application/json")],
-                      error_body(code, message))
+        log_call(call, outcome, status, time.monotonic() - call.started, retry_after=wait)
+        return Answer(status, headers, error_body(code, message))
 
 
 class StreamRelay:
@@ -189,10 +212,10 @@ class StreamRelay:
     (done, backend fault, client gone), even if the server never started iterating.
     """
 
-    def __init__(self, registry: Registry, backend: Backend, response: requests.Response,
+    def __init__(self, proxy: Proxy, backend: Backend, response: requests.Response,
                  call: Call, outcome: Outcome, started: float, first: bytes,
                  injected: bool, client_gone: Callable[[], bool]) -> None:
-        self.registry = registry
+        self.proxy = proxy
         self.backend = backend
         self.response = response
         self.call = call
@@ -201,8 +224,8 @@ class StreamRelay:
         self.first = first
         self.injected = injected
         self.client_gone = client_gone
-        self.ttft_ms = (time.monotonic() - started) * 1000
-        self.tokens: int | None = None
+        self.ttft = time.monotonic() - started
+        self.usage: Usage | None = None
         self._released = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -218,7 +241,7 @@ class StreamRelay:
                     return
                 data = self.response.raw.read1(READ_SIZE)
         except STREAM_ERRORS as exc:
-            log.warning("call %s stream from endpoint %d broke: %s", self.call.request_id,
+            log.warning("call %s: stream from endpoint %d broke: %s", self.call.request_id,
                         self.backend.priority, type(exc).__name__)
             self._release("broken")
             yield _stream_error_event()
@@ -227,7 +250,7 @@ class StreamRelay:
     def _filter(self, event: bytes) -> bytes:
         """Read usage; hide the usage chunk and null usage fields the client did not ask for."""
         if b'"total_tokens"' in event:
-            self.tokens = total_tokens(event)
+            self.usage = usage_of(event)
             if self.injected and is_usage_only(event):
                 return b""
         if self.injected:
@@ -243,13 +266,12 @@ class StreamRelay:
             return
         self._released = True
         self.response.close()
-        latency_ms = (time.monotonic() - self.started) * 1000
+        args = (self.call, self.backend, self.outcome, self.response.status_code, self.started,
+                self.usage, self.ttft)
         if how == "broken":
-            self.registry.failed(self.backend)
+            self.proxy.broken(*args)
         else:  # a client that hangs up is not the backend's fault
-            self.registry.succeeded(self.backend, latency_ms, self.tokens or 0)
-        _log_call(self.call, self.backend, self.outcome, self.response.status_code,
-                  latency_ms, self.ttft_ms, self.tokens, how)
+            self.proxy.finished(*args, stream=how)
 
 
 def _stream_error_event() -> bytes:
@@ -258,11 +280,25 @@ def _stream_error_event() -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
-def _log_call(call: Call, backend: Backend, outcome: Outcome, status: int, latency_ms: float,
-              ttft_ms: float | None, tokens: int | None, stream: str = "") -> None:
-    if not log.isEnabledFor(logging.INFO):
+def log_call(call: Call, outcome: Outcome, status: int, seconds: float,
+             backend: Backend | None = None, usage: Usage | None = None,
+             ttft: float | None = None, stream: str = "",
+             retry_after: float | None = None) -> None:
+    """One structured line per client call (info when served, warning when not)."""
+    level = logging.INFO if backend is not None else logging.WARNING
+    if not log.isEnabledFor(level):
         return
-    log.info("call %s endpoint=%d attempts=%s status=%d latency_ms=%.1f ttft_ms=%s tokens=%s%s",
-             call.request_id, backend.priority, ",".join(outcome.attempts), status, latency_ms,
-             "-" if ttft_ms is None else f"{ttft_ms:.1f}", "-" if tokens is None else tokens,
-             f" stream={stream}" if stream else "")
+    fields = {"request_id": call.request_id, "client": call.client or "-",
+              "endpoint": backend.priority if backend else "-",
+              "attempts": ",".join(outcome.attempts) or "-", "status": status,
+              "latency_ms": round(seconds * 1000, 1)}
+    if ttft is not None:
+        fields["ttft_ms"] = round(ttft * 1000, 1)
+    if usage is not None:
+        fields.update(prompt_tokens=usage.prompt, completion_tokens=usage.completion,
+                      total_tokens=usage.total)
+    if stream:
+        fields["stream"] = stream
+    if retry_after is not None:
+        fields["retry_after_s"] = round(retry_after, 3)
+    log.log(level, "call served" if backend else "call unserved", extra={"fields": fields})

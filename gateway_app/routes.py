@@ -1,23 +1,51 @@
-"""The Flask blueprint: thin handlers that turn HTTP into gateway calls and back."""
+"""The Flask blueprint: thin handlers that turn HTTP into gateway calls and back.
+
+It is the one blueprint of the app; other ``routes_*`` modules add their handlers to it.
+"""
 
 from __future__ import annotations
 
-import hmac
 import json
+import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from .auth import presented_key, same_secret
 from .config import ConfigError
 from .errors import json_error
 from .gateway import Gateway
 from .headers import request_id
 from .proxy import Call
+from .retry_after import whole_seconds
+from .telemetry import CONTENT_TYPE
+
+log = logging.getLogger("apirouter")
 
 bp = Blueprint("apirouter", __name__)
+
+# Probes must work without a key: Kubernetes sends none.
+OPEN_ENDPOINTS = frozenset({"apirouter.healthz", "apirouter.readyz"})
+GATEWAY_KEY_HEADER = "x-api-gateway-key"
 
 
 def gateway() -> Gateway:
     return current_app.extensions["apirouter"]
+
+
+@bp.before_request
+def authenticate() -> Response | None:
+    """When client keys are configured, every route but the probes needs one."""
+    keys = gateway().client_keys
+    if not keys.enabled or request.endpoint in OPEN_ENDPOINTS:
+        return None
+    name = keys.identify(presented_key(request.headers))
+    if name is None:
+        return json_error(401, "Unauthorized",
+                          "A valid client key is required, sent as the api-key header or "
+                          "as Authorization: Bearer <key>.",
+                          [("WWW-Authenticate", 'Bearer realm="apirouter"')])
+    g.client = name
+    return None
 
 
 def _read_call() -> Call | Response:
@@ -33,7 +61,8 @@ def _read_call() -> Call | Response:
         return json_error(400, "InvalidRequest", f"The request body is not valid JSON: {exc}")
     if not isinstance(payload, dict):
         return json_error(400, "InvalidRequest", "The request body must be a JSON object.")
-    return Call(body=body, payload=payload, headers=request.headers, request_id=rid)
+    return Call(body=body, payload=payload, headers=request.headers, request_id=rid,
+                client=g.get("client"))
 
 
 @bp.post("/lb")
@@ -71,11 +100,37 @@ def readyz() -> Response:
     return response
 
 
+@bp.get("/prometheus")
+def prometheus() -> Response:
+    return Response(gateway().telemetry.render(), content_type=CONTENT_TYPE)
+
+
 @bp.get("/reconfig/<path:key>")
-def reconfig(key: str) -> Response:
+def reconfig_in_path(key: str) -> Response:
+    """The original's form; the key in the path never reaches our logs."""
+    return _reconfigure(key)
+
+
+@bp.post("/reconfig")
+def reconfig() -> Response:
+    """The safer form: the key in a header, out of URLs and proxies' access logs."""
+    return _reconfigure(request.headers.get(GATEWAY_KEY_HEADER))
+
+
+def _reconfigure(key: str | None) -> Response:
     gw = gateway()
-    if not hmac.compare_digest(key.encode(), gw.settings.gateway_key.encode()):
+    address = request.remote_addr or "-"
+    wait = gw.reconfig_lockout.remaining(address)
+    if wait:
+        return json_error(429, "TooManyAttempts",
+                          f"Too many wrong gateway keys; retry after {whole_seconds(wait)} s.",
+                          [("retry-after", str(whole_seconds(wait)))])
+    if not key or not same_secret(key, gw.settings.gateway_key):
+        gw.reconfig_lockout.failed(address)
+        log.warning("reconfiguration refused: wrong gateway key",
+                    extra={"fields": {"client_address": address}})
         return json_error(401, "Unauthorized", "Wrong gateway key; the configuration is unchanged.")
+    gw.reconfig_lockout.succeeded(address)
     try:
         count = gw.reload()
     except ConfigError as exc:

@@ -75,6 +75,10 @@ def _log_format(raw: str) -> str:
     return raw.strip().lower()
 
 
+def _key_list(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
 def _optional(raw: str) -> str:
     return raw.strip()
 
@@ -141,6 +145,16 @@ class Settings:
     shutdown_grace: float = var("API_GATEWAY_SHUTDOWN_GRACE", _number(0.0), 25.0)
     # text for people, json for log collectors
     log_format: str = var("API_GATEWAY_LOG_FORMAT", _log_format, "text")
+    # comma-separated keys clients must send (api-key or Authorization: Bearer); more can be
+    # listed in the configuration file. None anywhere: every route is open, as in the original.
+    client_keys: tuple[str, ...] = var("API_GATEWAY_CLIENT_KEYS", _key_list, (), secret=True)
+    # wrong gateway keys on /reconfig tolerated from one address per minute before it is
+    # refused for a minute: guessing the key stays slow, a typo costs nothing.
+    reconfig_max_failures: int = var("API_GATEWAY_RECONFIG_MAX_FAILURES",
+                                     _number(1, 1000, integer=True), 5)
+    # seconds between checks of the configuration file for changes (a ConfigMap is updated in
+    # place); 0 turns the watch off, so only /reconfig reloads.
+    config_watch_seconds: float = var("API_GATEWAY_CONFIG_WATCH_SECONDS", _number(0.0), 0.0)
 
     # --- container information, shown by /instanceinfo ---
     image_id: str = var("IMAGE_ID", _optional, "")

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+_USAGE_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
-def total_tokens(payload: bytes) -> int | None:
-    """``usage.total_tokens`` of an OpenAI JSON answer or stream event, without decoding it.
+class Usage(NamedTuple):
+    prompt: int
+    completion: int
+    total: int
 
-    A quote inside a JSON string is escaped, so the pattern only matches a real key; the last
-    match wins because usage comes after the choices.
+
+def usage_of(payload: bytes) -> Usage | None:
+    """``usage`` of an OpenAI JSON answer or stream event, read without decoding the JSON.
+
+    A quote inside a JSON string is escaped, so the pattern only matches real keys; later
+    matches win because usage comes after the choices.
     """
-    found = None
-    for found in _TOTAL_TOKENS.finditer(payload):  # noqa: B007 - we want the last one
-        pass
-    return int(found.group(1)) if found else None
+    found: dict[bytes, int] = {}
+    for match in _USAGE_FIELD.finditer(payload):
+        found[match.group(1)] = int(match.group(2))
+    if b"total_tokens" not in found:
+        return None
+    prompt = found.get(b"prompt_tokens", 0)
+    total = found[b"total_tokens"]
+    return Usage(prompt, found.get(b"completion_tokens", max(0, total - prompt)), total)
 
 
 class EventSplitter:
@@ -34,11 +45,6 @@ class EventSplitter:
             yield buffer[start:match.end()]
             start = match.end()
         self._pending = buffer[start:]
-
-    @property
-    def pending(self) -> bytes:
-        """Bytes of an event not yet complete."""
-        return self._pending
 
 
 def is_usage_only(event: bytes) -> bool:

@@ -1,0 +1,74 @@
+"""Operations: Prometheus text metrics, one structured log line per call, log levels."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.fakes import chat_body, chunk, reply, sse_event, stream, throttle
+
+USAGE = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2,
+                                  "total_tokens": 6}}
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample, matched by name and a subset of labels."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+def test_prometheus_counts_calls_tokens_latency_and_state(fake, start_gateway):
+    first = fake().script(throttle("30"))
+    second = fake(default=reply(200, chat_body(tokens=30)))
+    gw = start_gateway([first, second])
+    gw.lb()
+    gw.lb()
+    streamer = fake().script(stream([sse_event(chunk(0, "a")), sse_event(USAGE),
+                                     b"data: [DONE]\n\n"]))
+    gw.rewrite_config([streamer])
+    gw.get("reconfig/test-gateway-key-6f1e")
+    assert gw.lb({"messages": [], "stream": True}).status_code == 200
+    r = gw.get("prometheus")
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = r.text
+    ep0 = first.uri().split("?")[0]
+    ep1 = second.uri().split("?")[0]
+    ep2 = streamer.uri().split("?")[0]
+    assert sample(text, "apirouter_backend_calls_total", endpoint=ep0, status_class="429") == 1
+    assert sample(text, "apirouter_backend_calls_total", endpoint=ep1, status_class="2xx") == 2
+    assert sample(text, "apirouter_cooldowns_total", endpoint=ep0, reason="throttled") == 1
+    assert sample(text, "apirouter_tokens_total", endpoint=ep1, kind="prompt") == 40
+    assert sample(text, "apirouter_tokens_total", endpoint=ep1, kind="completion") == 20
+    assert sample(text, "apirouter_backend_latency_seconds_count", endpoint=ep1) == 2
+    assert sample(text, "apirouter_time_to_first_token_seconds_count", endpoint=ep2) == 1
+    assert sample(text, "apirouter_tokens_total", endpoint=ep2, kind="completion") == 2
+    assert sample(text, "apirouter_client_calls_total", outcome="served") == 3
+    assert sample(text, "apirouter_endpoint_available", endpoint=ep2, priority="0") == 1
+    assert sample(text, "apirouter_endpoint_in_flight", endpoint=ep2) == 0
+
+
+def test_one_json_line_per_call(fake, start_gateway, capsys):
+    first = fake().script(throttle("30"))
+    second = fake(default=reply(200, chat_body(tokens=12)))
+    gw = start_gateway([first, second], env={"API_GATEWAY_LOG_FORMAT": "json",
+                                             "API_GATEWAY_LOG_LEVEL": "info"})
+    gw.lb(headers={"x-request-id": "req-42"})
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+             if line.startswith("{")]
+    calls = [e for e in lines if e["message"] == "call served"]
+    assert len(calls) == 1
+    call = calls[0]
+    assert call["request_id"] == "req-42" and call["endpoint"] == 1
+    assert call["attempts"] == "0:429,1:200" and call["status"] == 200
+    assert call["total_tokens"] == 12 and call["latency_ms"] > 0
+
+
+def test_warn_level_keeps_call_lines_out(fake, start_gateway, capsys):
+    gw = start_gateway([fake()], env={"API_GATEWAY_LOG_LEVEL": "warn"})
+    gw.lb()
+    assert "call served" not in capsys.readouterr().err
