@@ -72,7 +72,16 @@ class ClientKeySchema(Schema):
             raise ValidationError("give exactly one of key and keyEnv", "key")
 
 
+def _capacity_schema() -> Schema:
+    # imported when first used, so `python -m gateway_app.capacity` does not find it loaded
+    from .capacity import CapacitySchema
+
+    return CapacitySchema()
+
+
 class ConfigSchema(Schema):
+    # optional: the capacity report's PTU table and endpoint models (gateway_app/capacity.py)
+    capacity = fields.Nested(_capacity_schema)
     clientKeys = fields.List(fields.Nested(ClientKeySchema))
     endpoints = fields.List(
         fields.Nested(EndpointSchema), required=True,

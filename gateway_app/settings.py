@@ -155,6 +155,16 @@ class Settings:
     # seconds between checks of the configuration file for changes (a ConfigMap is updated in
     # place); 0 turns the watch off, so only /reconfig reloads.
     config_watch_seconds: float = var("API_GATEWAY_CONFIG_WATCH_SECONDS", _number(0.0), 0.0)
+    # path of a JSON-lines file every closed metrics interval is appended to, so capacity data
+    # outlives restarts and pod moves (python -m gateway_app.capacity reads it). Empty: off, as
+    # in the original, whose history lived in memory only; a container's disk may be read-only.
+    metrics_history_file: str = var("API_GATEWAY_METRICS_HISTORY_FILE", _optional, "")
+    # bytes; past this the history file becomes FILE.1 (replacing the last one) and a new one
+    # starts, so an unattended gateway cannot fill its volume. A line is about 0.4 KB per
+    # endpoint and interval: 64 MiB holds about a month of 1-minute intervals for 4 endpoints.
+    # 0: never rotate.
+    metrics_history_file_max_bytes: int = var("API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES",
+                                              _number(0, integer=True), 64 * MIB)
 
     # --- container information, shown by /instanceinfo ---
     image_id: str = var("IMAGE_ID", _optional, "")

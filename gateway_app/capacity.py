@@ -1,0 +1,585 @@
+"""Capacity planning: from closed metrics intervals to tokens per minute and a PTU estimate.
+
+The input is history entries: those a gateway keeps in memory (its ``/metrics`` document, live
+or saved to files) and those its JSON-lines history file kept (gateway_app/history_file.py).
+Per endpoint, per model and for the instance, the report gives calls, failures, tokens, TPM
+(average, 95th percentile, peak interval), RPM, average latency, and the Provisioned
+Throughput Units that the 95th-percentile and the peak TPM would need. Served as JSON by
+``GET {prefix}/capacity``, and on the command line: ``python -m gateway_app.capacity --help``.
+
+The gateway's package does not import this module at start-up (the route and the
+configuration schema import it when first used), so ``python -m gateway_app.capacity`` runs
+it without a second copy of it already loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+# --- the per-model throughput table -------------------------------------------------------
+
+TABLE_SOURCE = ("Microsoft Learn, 'Provisioned throughput unit (PTU) costs and billing' "
+                "(azure/ai-foundry/openai/how-to/provisioned-throughput-onboarding), "
+                "page dated 2026-04-07")
+
+# model: (input TPM per PTU, throughput ratio (an output token counts as this many input
+# tokens), global & data zone minimum PTU, its increment, regional minimum PTU, its increment)
+PUBLISHED: dict[str, tuple[int, int, int, int, int, int]] = {
+    "gpt-5.4": (2400, 6, 15, 5, 50, 50),
+    "gpt-5.3-codex": (3400, 8, 15, 5, 50, 50),
+    "gpt-5.2": (3400, 8, 15, 5, 50, 50),
+    "gpt-5.2-codex": (3400, 8, 15, 5, 50, 50),
+    "gpt-5.1": (4750, 8, 15, 5, 50, 50),
+    "gpt-5.1-codex": (4750, 8, 15, 5, 50, 50),
+    "gpt-5": (4750, 8, 15, 5, 50, 50),
+    "gpt-5-mini": (23750, 8, 15, 5, 25, 25),
+    "gpt-4.1": (3000, 4, 15, 5, 50, 50),
+    "gpt-4.1-mini": (14900, 4, 15, 5, 25, 25),
+    "gpt-4.1-nano": (59400, 4, 15, 5, 25, 25),
+    "o3": (3000, 4, 15, 5, 50, 50),
+    "o4-mini": (5400, 4, 15, 5, 25, 25),
+    "gpt-4o": (2500, 4, 15, 5, 50, 50),
+    "gpt-4o-mini": (37000, 4, 15, 5, 25, 25),
+    "o3-mini": (2500, 4, 15, 5, 25, 25),
+    "o1": (230, 4, 15, 5, 25, 50),
+}
+DEFAULT_MODEL = "default"
+# An endpoint whose model is unknown is sized as gpt-4o: the most common deployment of the
+# original gateway's users, and more conservative (fewer tokens per PTU) than gpt-4.1.
+DEFAULT_LIKE = "gpt-4o"
+DEPLOYMENT_TYPES = ("global", "datazone", "regional")
+
+
+@dataclass(frozen=True)
+class ModelThroughput:
+    """What one PTU of a model serves, and how a deployment of it can be sized."""
+
+    tpm_per_ptu: float  # input tokens per minute
+    min_ptu: int
+    increment: int
+    output_ratio: float  # one output token counts as this many input tokens
+
+    def ptu(self, tpm: float, output_share: float) -> tuple[float, int]:
+        """(PTUs needed, deployable PTUs: at least the minimum, in whole increments)."""
+        converted = tpm * ((1 - output_share) + output_share * self.output_ratio)
+        raw = converted / self.tpm_per_ptu
+        if raw <= 0:
+            return 0.0, 0
+        steps = math.ceil(raw / self.increment - 1e-9)
+        return raw, max(self.min_ptu, steps * self.increment)
+
+
+def published_table(deployment_type: str = "global") -> dict[str, ModelThroughput]:
+    """The published figures for one deployment type, plus ``default``."""
+    regional = deployment_type == "regional"
+    table = {name: ModelThroughput(tpm, rg_min if regional else gl_min,
+                                   rg_inc if regional else gl_inc, ratio)
+             for name, (tpm, ratio, gl_min, gl_inc, rg_min, rg_inc) in PUBLISHED.items()}
+    table[DEFAULT_MODEL] = table[DEFAULT_LIKE]
+    return table
+
+
+# --- the optional "capacity" section of the configuration file ---------------------------
+
+class ModelThroughputSchema(Schema):
+    tpmPerPtu = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    minPtu = fields.Integer(strict=True, validate=validate.Range(min=1))
+    ptuIncrement = fields.Integer(strict=True, validate=validate.Range(min=1))
+    outputRatio = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+
+
+class CapacitySchema(Schema):
+    """``{"deploymentType", "outputShare", "models": {name: {...}}, "endpointModels": {...}}``.
+
+    ``models`` overrides or adds rows of the table (``default`` included); ``endpointModels``
+    maps an endpoint URI, or a deployment name, to a model of the table.
+    """
+
+    deploymentType = fields.String(validate=validate.OneOf(DEPLOYMENT_TYPES))
+    outputShare = fields.Float(validate=validate.Range(min=0, max=1))
+    models = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
+                         values=fields.Nested(ModelThroughputSchema))
+    endpointModels = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
+                                 values=fields.String(validate=validate.Length(min=1)))
+
+    @validates_schema
+    def known_models(self, data: dict[str, Any], **_: Any) -> None:
+        known = {*PUBLISHED, DEFAULT_MODEL}
+        models = data.get("models", {})
+        for name, row in models.items():
+            if name not in known and "tpmPerPtu" not in row:
+                raise ValidationError(f"{name} is not in the published table, so it needs "
+                                      "tpmPerPtu", "models")
+        for key, model in data.get("endpointModels", {}).items():
+            if model not in known and model not in models:
+                raise ValidationError(f"{key} names model {model}, which is neither in the "
+                                      "published table nor in models", "endpointModels")
+
+
+@dataclass(frozen=True)
+class Planning:
+    """The table and assumptions a report is computed with."""
+
+    table: dict[str, ModelThroughput] = field(default_factory=published_table)
+    deployment_type: str = "global"
+    output_share: float = 0.0  # share of the tokens that are output tokens
+    endpoint_models: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None, **overrides: Any) -> Planning:
+        """From a loaded ``capacity`` section (or None); keyword overrides win over it."""
+        section = dict(section or {})
+        kind = overrides.get("deployment_type") or section.get("deploymentType", "global")
+        table = published_table(kind)
+        for name, row in section.get("models", {}).items():
+            base = table.get(name, table[DEFAULT_MODEL])
+            table[name] = ModelThroughput(
+                tpm_per_ptu=row.get("tpmPerPtu", base.tpm_per_ptu),
+                min_ptu=row.get("minPtu", base.min_ptu),
+                increment=row.get("ptuIncrement", base.increment),
+                output_ratio=row.get("outputRatio", base.output_ratio))
+        share = overrides.get("output_share")
+        return cls(table=table, deployment_type=kind,
+                   output_share=section.get("outputShare", 0.0) if share is None else share,
+                   endpoint_models=dict(section.get("endpointModels", {})))
+
+    def model_of(self, uri: str) -> tuple[str, str]:
+        """(model, how it was found: "config", "deployment" or "default") for an endpoint."""
+        deployment = deployment_name(uri)
+        for key in (uri, deployment):
+            if key and key in self.endpoint_models:
+                return self.endpoint_models[key], "config"
+        model = model_in_name(deployment, self.table)
+        return (model, "deployment") if model else (DEFAULT_MODEL, "default")
+
+
+_DEPLOYMENT = re.compile(r"/openai/deployments/([^/?#]+)")
+
+
+def deployment_name(uri: str) -> str:
+    match = _DEPLOYMENT.search(uri)
+    return match.group(1) if match else ""
+
+
+def model_in_name(name: str, table: Iterable[str]) -> str | None:
+    """The longest model of ``table`` that ``name`` contains as a whole word, if any.
+
+    ``gpt-4o-mini-east`` is gpt-4o-mini, not gpt-4o; ``prod_gpt-4.1`` is gpt-4.1.
+    """
+    text = name.lower().replace("_", "-")
+    for model in sorted((m for m in table if m != DEFAULT_MODEL), key=len, reverse=True):
+        if re.search(rf"(?<![a-z0-9.]){re.escape(model.lower())}(?![a-z0-9.])", text):
+            return model
+    return None
+
+
+# --- history entries ----------------------------------------------------------------------
+
+class InputError(ValueError):
+    """A saved /metrics document or history file cannot be read; the message says where."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One closed interval of one endpoint."""
+
+    instance: str
+    endpoint: str
+    priority: int
+    start: datetime
+    minutes: float
+    calls: int  # answered by the endpoint
+    failed: int  # throttled or failed
+    tokens: float
+    latency_ms: float  # mean over ``calls``
+
+
+def _interval(instance: str, endpoint: str, priority: int, entry: Mapping[str, Any],
+              minutes: float) -> Interval:
+    metrics = entry["collectedMetrics"]
+    return Interval(instance=instance, endpoint=endpoint, priority=int(priority),
+                    start=datetime.fromisoformat(entry["collectionTime"]).astimezone(UTC),
+                    minutes=float(minutes),
+                    calls=int(metrics["noOfApiCalls"]), failed=int(metrics["noOfFailedCalls"]),
+                    tokens=float(metrics["throughput"]["kTokensPerWindow"]) * 1000,
+                    latency_ms=float(metrics["latency"]["avgResponseTimeMsec"]))
+
+
+def intervals_from_metrics(document: Mapping[str, Any], where: str = "metrics",
+                           minutes: float | None = None) -> list[Interval]:
+    """The history of every endpoint in a ``GET /metrics`` document."""
+    try:
+        minutes = float(minutes or document["collectionInterval"])
+        instance = str(document.get("instanceName", ""))
+        return [_interval(instance, e["endpoint"], e["priority"], entry, minutes)
+                for e in document["endpointMetrics"]
+                for entry in e["metrics"]["history"].values()]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{where}: not a /metrics document of the gateway "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def intervals_from_history(lines: Iterable[str], where: str = "history",
+                           minutes: float | None = None) -> list[Interval]:
+    """The entries of a JSON-lines history file; blank lines are skipped."""
+    found = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            found.append(_interval(str(entry.get("instanceName", "")), entry["endpoint"],
+                                   entry["priority"], entry,
+                                   minutes or entry["intervalMinutes"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{where}:{number}: not a history entry "
+                             f"({type(exc).__name__}: {exc})") from None
+    return found
+
+
+def unique(intervals: Iterable[Interval]) -> list[Interval]:
+    """One interval per (instance, endpoint, start), oldest first: saved files overlap."""
+    kept = {(i.instance, i.endpoint, i.start): i for i in intervals}
+    return sorted(kept.values(), key=lambda i: (i.start, i.priority))
+
+
+# --- the report ---------------------------------------------------------------------------
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+@dataclass
+class Row:
+    """One line of the report: an endpoint, a model across endpoints, or the instance."""
+
+    scope: str  # "endpoint", "model" or "instance"
+    name: str  # endpoint URI, model name or instance name
+    priority: int | None = None
+    deployment: str = ""
+    model: str = ""
+    model_source: str = ""
+    intervals: int = 0
+    calls: int = 0
+    failed_calls: int = 0
+    failed_share: float = 0.0
+    tokens: int = 0
+    tpm_avg: float = 0.0
+    tpm_p95: float = 0.0
+    tpm_peak: float = 0.0
+    peak_interval: str = ""
+    rpm_avg: float = 0.0
+    rpm_peak: float = 0.0
+    avg_latency_ms: float = 0.0
+    tpm_per_ptu: float | None = None
+    ptu_p95_needed: float = 0.0
+    ptu_p95: int = 0
+    ptu_peak_needed: float = 0.0
+    ptu_peak: int = 0
+
+
+def _summarize(row: Row, intervals: list[Interval]) -> Row:
+    """Fill the traffic figures of ``row`` from intervals that each stand for one window."""
+    tpm = [i.tokens / i.minutes for i in intervals]
+    rpm = [i.calls / i.minutes for i in intervals]
+    calls = sum(i.calls for i in intervals)
+    failed = sum(i.failed for i in intervals)
+    peak = max(range(len(tpm)), key=tpm.__getitem__, default=None)
+    return replace(
+        row, intervals=len(intervals), calls=calls, failed_calls=failed,
+        failed_share=round(failed / (calls + failed), 4) if calls + failed else 0.0,
+        tokens=round(sum(i.tokens for i in intervals)),
+        tpm_avg=round(sum(tpm) / len(tpm), 1) if tpm else 0.0,
+        tpm_p95=round(percentile(tpm, 0.95), 1), tpm_peak=round(max(tpm, default=0.0), 1),
+        peak_interval="" if peak is None else _iso(intervals[peak].start),
+        rpm_avg=round(sum(rpm) / len(rpm), 2) if rpm else 0.0,
+        rpm_peak=round(max(rpm, default=0.0), 2),
+        avg_latency_ms=round(sum(i.latency_ms * i.calls for i in intervals) / calls, 1)
+        if calls else 0.0)
+
+
+def _sized(row: Row, model: ModelThroughput, output_share: float) -> Row:
+    p95, p95_deploy = model.ptu(row.tpm_p95, output_share)
+    peak, peak_deploy = model.ptu(row.tpm_peak, output_share)
+    return replace(row, tpm_per_ptu=model.tpm_per_ptu, ptu_p95_needed=round(p95, 2),
+                   ptu_p95=p95_deploy, ptu_peak_needed=round(peak, 2), ptu_peak=peak_deploy)
+
+
+def _combined(intervals: list[Interval]) -> list[Interval]:
+    """Per instance and window, the sum over endpoints (all close their windows together)."""
+    groups: dict[tuple[str, datetime], list[Interval]] = defaultdict(list)
+    for i in intervals:
+        groups[(i.instance, i.start)].append(i)
+    combined = []
+    for (instance, start), members in groups.items():
+        calls = sum(m.calls for m in members)
+        combined.append(Interval(
+            instance=instance, endpoint="", priority=0, start=start,
+            minutes=max(m.minutes for m in members), calls=calls,
+            failed=sum(m.failed for m in members), tokens=sum(m.tokens for m in members),
+            latency_ms=sum(m.latency_ms * m.calls for m in members) / calls if calls else 0.0))
+    return sorted(combined, key=lambda i: i.start)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _camel(record: Any) -> dict[str, Any]:
+    """A dataclass as a dict with the camelCase keys of the gateway's other JSON."""
+    return {re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), k): v
+            for k, v in asdict(record).items()}
+
+
+ASSUMPTIONS = [
+    "TPM of an interval = kTokensPerWindow * 1000 / interval minutes, counting the tokens of "
+    "calls the endpoints answered; demand that was throttled everywhere is not in it.",
+    "The metrics hold total tokens only, so output tokens are taken as outputShare of them "
+    "and weighted by the model's throughput ratio; with outputShare 0 every token counts as "
+    "an input token, which underestimates PTUs for answer-heavy traffic.",
+    "Cached prompt tokens (which PTUs do not charge) are not known, so none are deducted.",
+    "Deployable PTUs: the needed PTUs rounded up to the model's increment, at least its "
+    "minimum deployment. p95 is the nearest-rank 95th percentile over the intervals kept.",
+    "An endpoint's model comes from the configuration's capacity.endpointModels, else a model "
+    "named in its deployment name, else the 'default' row (gpt-4o's figures unless "
+    "overridden).",
+    "Instance and per-model rows add up the endpoints' intervals that closed together; the "
+    "instance's PTUs are the sum of one deployment per model.",
+    "Failures are noOfFailedCalls: throttled (429) and failed calls together (the history "
+    "does not tell them apart), so failedShare is an upper bound of the 429 share.",
+]
+
+
+def build_report(intervals: Iterable[Interval], planning: Planning,
+                 endpoints: Iterable[tuple[str, int]] = (),
+                 instance: str = "") -> dict[str, Any]:
+    """The capacity report: rows per endpoint, per model (when several) and the instance.
+
+    ``endpoints`` lists (uri, priority) of endpoints to show even without history (the live
+    configuration); the others come from the intervals.
+    """
+    intervals = unique(intervals)
+    by_endpoint: dict[str, list[Interval]] = defaultdict(list)
+    priority: dict[str, int] = {}
+    for i in intervals:
+        by_endpoint[i.endpoint].append(i)
+        priority[i.endpoint] = i.priority  # the latest entry's priority wins
+    for uri, position in endpoints:
+        by_endpoint.setdefault(uri, [])
+        priority[uri] = position
+    rows: list[Row] = []
+    models_of: dict[str, str] = {}
+    for uri in sorted(by_endpoint, key=lambda u: (priority[u], u)):
+        model, source = planning.model_of(uri)
+        models_of[uri] = model
+        row = Row(scope="endpoint", name=uri, priority=priority[uri],
+                  deployment=deployment_name(uri), model=model, model_source=source)
+        rows.append(_sized(_summarize(row, by_endpoint[uri]), planning.table[model],
+                           planning.output_share))
+    models = sorted(set(models_of.values()))
+    model_rows = []
+    for model in models:
+        members = [i for i in intervals if models_of[i.endpoint] == model]
+        row = _summarize(Row(scope="model", name=model, model=model), _combined(members))
+        model_rows.append(_sized(row, planning.table[model], planning.output_share))
+    instances = sorted({i.instance for i in intervals})
+    name = instance or ", ".join(instances)
+    total = _summarize(Row(scope="instance", name=name, model=", ".join(models)),
+                       _combined(intervals))
+    if len(model_rows) == 1:
+        total = _sized(total, planning.table[models[0]], planning.output_share)
+    else:
+        total = replace(total,
+                        ptu_p95_needed=round(sum(r.ptu_p95_needed for r in model_rows), 2),
+                        ptu_p95=sum(r.ptu_p95 for r in model_rows),
+                        ptu_peak_needed=round(sum(r.ptu_peak_needed for r in model_rows), 2),
+                        ptu_peak=sum(r.ptu_peak for r in model_rows))
+        rows.extend(model_rows)
+    rows.append(total)
+    warnings = []
+    if len(instances) > 1:
+        warnings.append(f"the history comes from {len(instances)} gateway instances "
+                        f"({', '.join(instances)}); their windows are not aligned, so each "
+                        "interval is one instance's traffic, not the sum over instances")
+    minutes = sorted({i.minutes for i in intervals})
+    return {
+        "instanceName": name,
+        "generatedAt": _iso(datetime.now(UTC)),
+        "intervalMinutes": minutes[0] if len(minutes) == 1 else minutes,
+        "from": _iso(intervals[0].start) if intervals else None,
+        "to": _iso(intervals[-1].start) if intervals else None,
+        "deploymentType": planning.deployment_type,
+        "outputShare": planning.output_share,
+        "rows": [_camel(r) for r in rows],
+        "ptuTable": {"source": TABLE_SOURCE,
+                     "models": {m: _camel(t) for m, t in sorted(planning.table.items())}},
+        "assumptions": ASSUMPTIONS,
+        "warnings": warnings,
+        "status": "OK",
+    }
+
+
+def live_report(metrics_document: Mapping[str, Any], section: Mapping[str, Any] | None
+                ) -> dict[str, Any]:
+    """The report over what a running gateway keeps in memory."""
+    intervals = intervals_from_metrics(metrics_document)
+    endpoints = [(e["endpoint"], e["priority"]) for e in metrics_document["endpointMetrics"]]
+    return build_report(intervals, Planning.from_section(section), endpoints,
+                        instance=metrics_document.get("instanceName", ""))
+
+
+# --- output: a readable table and CSV ------------------------------------------------------
+
+COLUMNS = [  # (title, key of a report row, format)
+    ("#", "priority", "{}"), ("deployment", "deployment", "{}"), ("model", "model", "{}"),
+    ("calls", "calls", "{}"), ("failed", "failedCalls", "{}"),
+    ("fail%", "failedShare", "{:.1%}"), ("tokens", "tokens", "{}"),
+    ("TPM avg", "tpmAvg", "{:.0f}"), ("TPM p95", "tpmP95", "{:.0f}"),
+    ("TPM peak", "tpmPeak", "{:.0f}"), ("RPM avg", "rpmAvg", "{:.1f}"),
+    ("RPM peak", "rpmPeak", "{:.1f}"), ("ms avg", "avgLatencyMs", "{:.0f}"),
+    ("PTU p95", "ptuP95", "{}"), ("PTU peak", "ptuPeak", "{}"),
+]
+
+
+def _cell(row: Mapping[str, Any], key: str, form: str) -> str:
+    if key == "deployment" and row["scope"] != "endpoint":
+        return f"({row['scope']})" if row["scope"] == "instance" else "(all)"
+    value = row[key]
+    return "" if value is None else form.format(value)
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as aligned text, endpoints first, then models and the instance."""
+    cells = [[title for title, _, _ in COLUMNS]]
+    cells += [[_cell(r, key, form) for _, key, form in COLUMNS] for r in report["rows"]]
+    widths = [max(len(line[c]) for line in cells) for c in range(len(COLUMNS))]
+    text_columns = {1, 2}
+    lines = ["  ".join(v.ljust(w) if c in text_columns else v.rjust(w)
+                       for c, (v, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+             for line in cells]
+    minutes = report["intervalMinutes"]
+    lines[1:1] = ["-" * len(lines[0])]
+    lines.insert(0, f"Capacity of {report['instanceName'] or 'the gateway'}: intervals of "
+                    f"{minutes} min from {report['from']} to {report['to']}; PTUs for "
+                    f"{report['deploymentType']} deployments, output share "
+                    f"{report['outputShare']:.0%}")
+    lines.append("")
+    lines += [f"{r['priority']:>2}  {r['name']}  (model {r['model']}: {r['modelSource']})"
+              for r in report["rows"] if r["scope"] == "endpoint"]
+    lines.append(f"PTU table: {report['ptuTable']['source']}")
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(report: Mapping[str, Any], out: TextIO) -> None:
+    """The report's rows, one a line, with the JSON's field names as the header."""
+    writer = csv.DictWriter(out, fieldnames=list(report["rows"][0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(report["rows"])
+
+
+# --- the command line ---------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway_app.capacity",
+        description="Capacity report (TPM, RPM, failures, PTU estimate) from saved /metrics "
+                    "outputs and metrics history files of the gateway.")
+    parser.add_argument("--metrics", action="append", default=[], metavar="FILE",
+                        help="a saved GET /metrics answer (repeatable; overlaps are merged)")
+    parser.add_argument("--history", action="append", default=[], metavar="FILE",
+                        help="a JSON-lines history file (API_GATEWAY_METRICS_HISTORY_FILE; "
+                             "repeatable, e.g. FILE.1 and FILE)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the gateway's configuration file, for its capacity section")
+    parser.add_argument("--interval", type=float, metavar="MINUTES",
+                        help="interval length, overriding what the inputs say")
+    parser.add_argument("--deployment-type", choices=DEPLOYMENT_TYPES,
+                        help="size PTUs for this deployment type (default: the config's, "
+                             "else global)")
+    parser.add_argument("--output-share", type=float, metavar="SHARE",
+                        help="share of tokens that are output tokens, 0-1 (default: the "
+                             "config's, else 0)")
+    parser.add_argument("--csv", metavar="OUT", help="also write the rows as CSV to OUT")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _read_section(path: str) -> dict[str, Any] | None:
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the configuration: {exc}") from None
+    if not isinstance(document, dict) or "capacity" not in document:
+        return None
+    try:
+        return CapacitySchema().load(document["capacity"])
+    except ValidationError as exc:
+        raise InputError(f"{path}: capacity: {exc.messages}") from None
+
+
+def _load_inputs(args: argparse.Namespace) -> list[Interval]:
+    intervals: list[Interval] = []
+    for path in args.metrics:
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read: {exc}") from None
+        intervals += intervals_from_metrics(document, path, args.interval)
+    for path in args.history:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                intervals += intervals_from_history(handle, path, args.interval)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    return intervals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.metrics and not args.history:
+        parser.error("give at least one --metrics or --history file")
+    if args.output_share is not None and not 0 <= args.output_share <= 1:
+        parser.error("--output-share must be between 0 and 1")
+    try:
+        section = _read_section(args.config) if args.config else None
+        intervals = _load_inputs(args)
+    except InputError as exc:
+        print(f"capacity: {exc}", file=sys.stderr)
+        return 1
+    if not intervals:
+        print("capacity: the inputs hold no closed interval", file=sys.stderr)
+        return 1
+    planning = Planning.from_section(section, deployment_type=args.deployment_type,
+                                     output_share=args.output_share)
+    report = build_report(intervals, planning)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        sys.stdout.write(format_table(report))
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8", newline="") as out:
+            write_csv(report, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
