@@ -12,6 +12,7 @@ from typing import Any
 from .auth import ClientKeys, Lockout
 from .collector import IntervalCollector
 from .config import load_config
+from .history_file import HistoryFile
 from .metrics import iso_time
 from .proxy import Proxy
 from .registry import Registry
@@ -47,6 +48,8 @@ class Gateway:
         self.telemetry = Telemetry(self.registry)
         self.proxy = Proxy(self.registry, settings, self.telemetry)
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds)
+        if settings.metrics_history_file:  # closed intervals kept on disk for capacity planning
+            self.collector.sinks.append(HistoryFile.from_settings(settings))
         self.watcher = (ConfigWatcher(settings.config_file, settings.config_watch_seconds,
                                       self.reload)
                         if settings.config_watch_seconds else None)

@@ -1,0 +1,47 @@
+"""Capacity routes on the gateway's blueprint: the JSON report and the dashboard page.
+
+- ``GET {prefix}/capacity``: the capacity report over the history kept in memory.
+- ``GET {prefix}/dashboard``: a page that charts that history, shows each endpoint's
+  cooldown (from ``/readyz``) and the capacity table, refreshing itself. Its script and style
+  are files of the package (gateway_app/dashboard/), served by ``GET {prefix}/dashboard/NAME``;
+  the page loads nothing from anywhere else, which its Content-Security-Policy enforces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Response, jsonify, request, send_from_directory
+
+from .routes import bp, gateway
+
+DASHBOARD_DIR = Path(__file__).with_name("dashboard")
+# Only this origin: no CDN, no inline script, nothing sent elsewhere.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+       "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@bp.get("/capacity")
+def capacity() -> Response:
+    from . import capacity as planning  # late import: see gateway_app/capacity.py's docstring
+
+    gw = gateway()
+    report = planning.live_report(gw.metrics(request.path), gw.config.sections.get("capacity"))
+    return jsonify(report)
+
+
+def _protect(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/dashboard")
+def dashboard() -> Response:
+    return _protect(send_from_directory(DASHBOARD_DIR, "index.html", max_age=0))
+
+
+@bp.get("/dashboard/<name>")
+def dashboard_asset(name: str) -> Response:
+    return _protect(send_from_directory(DASHBOARD_DIR, name, max_age=0))
