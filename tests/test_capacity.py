@@ -1,0 +1,377 @@
+"""Capacity planning: PTU table and estimate, report, history file, route and command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway_app.capacity import (
+    ModelThroughput,
+    Planning,
+    build_report,
+    intervals_from_history,
+    intervals_from_metrics,
+    live_report,
+    model_in_name,
+    published_table,
+)
+from gateway_app.config import ConfigError, parse_config
+from gateway_app.history_file import HistoryFile
+from gateway_app.metrics import IntervalCounters
+from tests.fakes import chat_body, reply, throttle, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+AZURE = "https://res.openai.azure.com/openai/deployments/{}/chat/completions?api-version=2024-10-21"
+
+
+def metrics_document(endpoints: dict[str, list[tuple[int, int, int, float]]],
+                     minutes: float = 1.0, instance: str = "gw-1") -> dict[str, Any]:
+    """A /metrics document: per endpoint URI, intervals of (calls, failed, tokens, latency)."""
+    endpoint_metrics = []
+    for priority, (uri, intervals) in enumerate(endpoints.items()):
+        history = {}
+        for n, (calls, failed, tokens, latency) in enumerate(intervals):
+            counters = IntervalCounters(api_calls=calls, failed_calls=failed, tokens=tokens,
+                                        latency_ms=latency * calls)
+            history[str(n)] = counters.history_entry(T0 + n * minutes * 60)
+        endpoint_metrics.append({"endpoint": uri, "priority": priority,
+                                 "metrics": {"history": history}})
+    return {"instanceName": instance, "collectionInterval": minutes, "historyCount": 600,
+            "endpointMetrics": endpoint_metrics}
+
+
+def rows_by_scope(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in report["rows"]:
+        found.setdefault(row["scope"], []).append(row)
+    return found
+
+
+# --- the table and the estimate -------------------------------------------------------------
+
+def test_published_figures_and_deployment_types():
+    table = published_table()
+    assert table["gpt-4o"] == ModelThroughput(2500, 15, 5, 4)
+    assert table["gpt-4o-mini"] == ModelThroughput(37000, 15, 5, 4)
+    assert table["gpt-4.1"].tpm_per_ptu == 3000 and table["gpt-4.1-mini"].tpm_per_ptu == 14900
+    assert table["default"] == table["gpt-4o"]
+    regional = published_table("regional")
+    assert (regional["gpt-4o"].min_ptu, regional["gpt-4o"].increment) == (50, 50)
+    assert (regional["gpt-4o-mini"].min_ptu, regional["gpt-4o-mini"].increment) == (25, 25)
+
+
+@pytest.mark.parametrize(("tpm", "share", "needed", "deploy"), [
+    (0, 0.0, 0.0, 0),  # no traffic, no deployment
+    (2500, 0.0, 1.0, 15),  # below the minimum: the minimum
+    (50_000, 0.0, 20.0, 20),  # exactly on an increment
+    (50_001, 0.0, 20.0004, 25),  # just past it: the next increment
+    (10_000, 0.25, 7.0, 15),  # a quarter output tokens at 4 input tokens each: 1.75x
+])
+def test_ptu_estimate_rounds_to_minimum_and_increment(tpm, share, needed, deploy):
+    raw, deployable = published_table()["gpt-4o"].ptu(tpm, share)
+    assert raw == pytest.approx(needed, abs=1e-4)
+    assert deployable == deploy
+
+
+@pytest.mark.parametrize(("name", "model"), [
+    ("gpt-4o", "gpt-4o"),
+    ("gpt-4o-east", "gpt-4o"),
+    ("gpt-4o-mini-east", "gpt-4o-mini"),
+    ("prod_GPT-4.1-mini", "gpt-4.1-mini"),
+    ("chat-gpt-4.1", "gpt-4.1"),
+    ("o3-mini", "o3-mini"),
+    ("primary", None),
+    ("gpt-4o1", None),  # not a whole word
+])
+def test_model_from_deployment_name(name, model):
+    assert model_in_name(name, published_table()) == model
+
+
+def test_model_of_an_endpoint_config_first_then_name_then_default():
+    planning = Planning.from_section({"endpointModels": {
+        "primary": "gpt-4.1", AZURE.format("gpt-4o-west"): "gpt-4o-mini"}})
+    assert planning.model_of(AZURE.format("primary")) == ("gpt-4.1", "config")
+    assert planning.model_of(AZURE.format("gpt-4o-west")) == ("gpt-4o-mini", "config")
+    assert planning.model_of(AZURE.format("gpt-4o-east")) == ("gpt-4o", "deployment")
+    assert planning.model_of(AZURE.format("secondary")) == ("default", "default")
+    assert planning.model_of("http://127.0.0.1:9/no/deployment") == ("default", "default")
+
+
+def test_config_section_overrides_the_table():
+    planning = Planning.from_section({
+        "deploymentType": "regional", "outputShare": 0.2,
+        "models": {"gpt-4o": {"minPtu": 100}, "default": {"tpmPerPtu": 1000},
+                   "my-finetune": {"tpmPerPtu": 1200, "minPtu": 25, "ptuIncrement": 25}}})
+    assert planning.deployment_type == "regional" and planning.output_share == 0.2
+    assert planning.table["gpt-4o"] == ModelThroughput(2500, 100, 50, 4)
+    assert planning.table["default"].tpm_per_ptu == 1000
+    assert planning.table["my-finetune"] == ModelThroughput(1200, 25, 25, 4)
+    assert model_in_name("my-finetune-v2", planning.table) == "my-finetune"
+
+
+def test_configuration_file_accepts_and_checks_the_capacity_section():
+    endpoints = [{"uri": AZURE.format("primary"), "apikey": "k"}]
+    section = {"deploymentType": "global", "outputShare": 0.1,
+               "models": {"gpt-4o": {"tpmPerPtu": 2000}},
+               "endpointModels": {"primary": "gpt-4o"}}
+    config = parse_config({"endpoints": endpoints, "capacity": section}, {})
+    assert config.sections["capacity"] == section
+    assert parse_config({"endpoints": endpoints}, {}).sections == {}
+    for bad, where in [({"deploymentType": "hourly"}, "capacity.deploymentType"),
+                       ({"outputShare": 1.5}, "capacity.outputShare"),
+                       ({"models": {"gpt-4o": {"minPtu": 0}}}, "capacity.models.gpt-4o"),
+                       ({"models": {"mine": {"minPtu": 5}}}, "capacity.models: mine"),
+                       ({"endpointModels": {"primary": "gpt-9"}}, "capacity.endpointModels")]:
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            parse_config({"endpoints": endpoints, "capacity": bad}, {})
+
+
+# --- the report ----------------------------------------------------------------------------
+
+def test_report_per_endpoint_and_instance():
+    east, west = AZURE.format("gpt-4o-east"), AZURE.format("gpt-4o-west")
+    # 20 one-minute intervals: east carries 1000 tokens a minute, one peak of 60,000
+    east_intervals = [(10, 0, 1000, 200.0)] * 19 + [(30, 10, 60_000, 400.0)]
+    west_intervals = [(0, 0, 0, 0.0)] * 19 + [(5, 0, 5000, 1000.0)]
+    doc = metrics_document({east: east_intervals, west: west_intervals})
+    report = live_report(doc, None)
+    rows = rows_by_scope(report)
+    assert set(rows) == {"endpoint", "instance"}  # one model: no per-model rows
+    first, second = rows["endpoint"]
+    assert (second["calls"], second["tpmPeak"], second["model"]) == (5, 5000.0, "gpt-4o")
+    assert (first["name"], first["priority"], first["deployment"], first["model"],
+            first["modelSource"]) == (east, 0, "gpt-4o-east", "gpt-4o", "deployment")
+    assert (first["intervals"], first["calls"], first["failedCalls"]) == (20, 220, 10)
+    assert first["failedShare"] == pytest.approx(10 / 230, abs=1e-4)
+    assert first["tokens"] == 79_000
+    assert first["tpmAvg"] == pytest.approx(3950.0)
+    assert first["tpmP95"] == 1000.0  # nearest rank: the 19th of 20 sorted values
+    assert first["tpmPeak"] == 60_000.0
+    assert first["peakInterval"].startswith("2026-01-01T00:19:00")
+    assert first["rpmPeak"] == 30.0
+    assert first["avgLatencyMs"] == pytest.approx((190 * 200 + 30 * 400) / 220, abs=0.1)
+    assert (first["ptuP95Needed"], first["ptuP95"]) == (0.4, 15)
+    assert (first["ptuPeakNeeded"], first["ptuPeak"]) == (24.0, 25)
+    total = rows["instance"][0]
+    assert (total["name"], total["calls"], total["tokens"]) == ("gw-1", 225, 84_000)
+    assert total["tpmPeak"] == 65_000.0  # the two endpoints' last intervals added
+    assert (total["ptuPeakNeeded"], total["ptuPeak"]) == (26.0, 30)
+    assert report["intervalMinutes"] == 1.0 and report["status"] == "OK"
+    assert report["from"].startswith("2026-01-01T00:00:00")
+    assert "Microsoft Learn" in report["ptuTable"]["source"]
+    assert "2026-04-07" in report["ptuTable"]["source"]
+    assert any("429" in a for a in report["assumptions"])
+
+
+def test_report_with_several_models_sums_one_deployment_per_model():
+    doc = metrics_document({AZURE.format("gpt-4o"): [(10, 0, 100_000, 100.0)],
+                            AZURE.format("gpt-4o-mini"): [(10, 0, 100_000, 100.0)]})
+    rows = rows_by_scope(live_report(doc, None))
+    models = {r["name"]: r for r in rows["model"]}
+    assert (models["gpt-4o"]["ptuPeakNeeded"], models["gpt-4o"]["ptuPeak"]) == (40.0, 40)
+    assert models["gpt-4o-mini"]["ptuPeak"] == 15  # 2.7 needed: the minimum
+    total = rows["instance"][0]
+    assert total["model"] == "gpt-4o, gpt-4o-mini"
+    assert total["ptuPeak"] == 55 and total["tpmPeak"] == 200_000.0
+
+
+def test_endpoint_without_history_is_listed_with_zeros():
+    doc = metrics_document({AZURE.format("gpt-4o"): []})
+    rows = rows_by_scope(live_report(doc, None))
+    assert rows["endpoint"][0]["intervals"] == 0 and rows["endpoint"][0]["ptuPeak"] == 0
+    assert rows["instance"][0]["calls"] == 0
+
+
+def test_overlapping_inputs_are_merged():
+    uri = AZURE.format("gpt-4o")
+    early = metrics_document({uri: [(1, 0, 100, 10.0)] * 3})
+    later = metrics_document({uri: [(1, 0, 100, 10.0)] * 5})
+    intervals = intervals_from_metrics(early) + intervals_from_metrics(later)
+    assert len(intervals) == 8
+    report = build_report(intervals, Planning())
+    assert rows_by_scope(report)["endpoint"][0]["intervals"] == 5
+
+
+# --- the history file ------------------------------------------------------------------------
+
+def closing(n: int, uri: str = AZURE.format("gpt-4o")) -> list[dict[str, Any]]:
+    entry = IntervalCounters(api_calls=2, tokens=3000, latency_ms=100).history_entry(T0 + 60 * n)
+    return [{"endpoint": uri, "priority": 0, **entry}]
+
+
+def test_history_file_appends_lines_that_read_back(tmp_path):
+    path = tmp_path / "history.jsonl"
+    sink = HistoryFile(str(path), "gw-1", 1.0)
+    sink(closing(0))
+    sink([])
+    sink(closing(1))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert (first["instanceName"], first["intervalMinutes"], first["priority"]) == (
+        "gw-1", 1.0, 0)
+    assert first["collectedMetrics"]["noOfApiCalls"] == 2
+    intervals = intervals_from_history(lines, str(path))
+    assert [i.tokens for i in intervals] == [3000.0, 3000.0]
+
+
+def test_history_file_rotates_past_its_size(tmp_path):
+    path = tmp_path / "history.jsonl"
+    line_size = len(HistoryFile(str(path), "gw-1", 1.0).line(closing(0)[0]))
+    sink = HistoryFile(str(path), "gw-1", 1.0, max_bytes=2 * line_size + 10)  # two lines fit
+    for n in range(3):
+        sink(closing(n))
+    assert len(Path(f"{path}.1").read_text().splitlines()) == 2
+    assert len(path.read_text().splitlines()) == 1
+
+
+def test_history_file_error_is_logged_once_and_never_raised(tmp_path, caplog):
+    folder = tmp_path / "missing"
+    sink = HistoryFile(str(folder / "history.jsonl"), "gw-1", 1.0)
+    with caplog.at_level(logging.INFO, logger="apirouter"):
+        for n in range(3):
+            sink(closing(n))
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and str(folder) in errors[0].getMessage()
+        folder.mkdir()
+        sink(closing(3))
+        sink(closing(4))
+    assert any("again" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert len((folder / "history.jsonl").read_text().splitlines()) == 2
+
+
+# --- served by the gateway -------------------------------------------------------------------
+
+FAST = {"API_GATEWAY_METRICS_CINTERVAL": "0.005",  # 0.3 s intervals
+        "API_GATEWAY_METRICS_CHISTORY": "600"}
+
+
+def test_capacity_route_and_history_file_from_live_traffic(fake, start_gateway, tmp_path):
+    history = tmp_path / "history.jsonl"
+    first = fake().script(throttle("30"))
+    second = fake(default=reply(200, chat_body(tokens=600)))
+    gw = start_gateway([first.uri("gpt-4o-east"), second.uri("primary")],
+                       env={**FAST, "API_GATEWAY_METRICS_HISTORY_FILE": str(history)})
+    for _ in range(5):
+        assert gw.lb().status_code == 200
+
+    def served_history() -> bool:
+        entries = gw.metrics()["endpointMetrics"][1]["metrics"]["history"].values()
+        return sum(e["collectedMetrics"]["noOfApiCalls"] for e in entries) == 5
+    wait_until(served_history)
+
+    response = gw.get("capacity")
+    assert response.status_code == 200
+    report = response.json()
+    rows = rows_by_scope(report)
+    east, primary = rows["endpoint"]
+    assert (east["model"], east["failedCalls"], east["calls"]) == ("gpt-4o", 1, 0)
+    assert (primary["model"], primary["modelSource"]) == ("default", "default")
+    assert (primary["calls"], primary["tokens"]) == (5, 3000)
+    # 600 tokens a call, in 0.3 s intervals: TPM = tokens / 0.005 min, 120,000 per call
+    assert primary["tpmPeak"] >= 120_000 and primary["tpmPeak"] % 120_000 == 0
+    assert primary["ptuPeak"] >= 15
+    assert report["intervalMinutes"] == 0.005 and report["instanceName"] == "test-gw"
+
+    # the history file has the same intervals (and maybe a closing more)
+    wait_until(lambda: history.exists() and history.stat().st_size > 0)
+    lines = history.read_text().splitlines()
+    from_file = intervals_from_history(lines, str(history))
+    assert {i.endpoint for i in from_file} == {first.uri("gpt-4o-east"), second.uri("primary")}
+    assert sum(i.calls for i in from_file) == 5
+    assert all(i.instance == "test-gw" and i.minutes == 0.005 for i in from_file)
+
+
+def test_capacity_route_uses_the_configuration_section(fake, start_gateway):
+    backend = fake()
+    gw = start_gateway([backend.uri("primary")], env=FAST)
+    gw.config_file.write_text(json.dumps({
+        "endpoints": [{"uri": backend.uri("primary"), "apikey": "k"}],
+        "capacity": {"deploymentType": "regional", "endpointModels": {"primary": "gpt-4.1"}}}))
+    gw.gateway.reload()
+    report = gw.get("capacity").json()
+    assert report["deploymentType"] == "regional"
+    row = rows_by_scope(report)["endpoint"][0]
+    assert (row["model"], row["modelSource"], row["tpmPerPtu"]) == ("gpt-4.1", "config", 3000)
+    assert report["ptuTable"]["models"]["gpt-4.1"]["minPtu"] == 50
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway_app.capacity", *args],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_prints_a_table_and_writes_csv(tmp_path):
+    east, west = AZURE.format("gpt-4o-east"), AZURE.format("secondary")
+    saved = tmp_path / "metrics.json"
+    saved.write_text(json.dumps(metrics_document(
+        {east: [(10, 1, 50_000, 300.0)] * 3, west: [(2, 0, 1000, 500.0)] * 3})))
+    history = tmp_path / "history.jsonl"
+    sink = HistoryFile(str(history), "gw-1", 1.0)
+    for n in range(3, 6):  # three later intervals of east, from the file
+        sink(closing(n, east))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"endpoints": [{"uri": west, "apikeyEnv": "UNSET_KEY"}],
+                                  "capacity": {"endpointModels": {"secondary": "gpt-4o-mini"}}}))
+    out = tmp_path / "capacity.csv"
+    done = run_cli("--metrics", str(saved), "--history", str(history), "--config", str(config),
+                   "--csv", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no warning about the module being loaded twice
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Capacity of gw-1: intervals of 1.0 min")
+    header = lines[1].split()
+    assert header[:3] == ["#", "deployment", "model"] and "PTU" in header
+    assert any(line.split()[:3] == ["0", "gpt-4o-east", "gpt-4o"] for line in lines)
+    assert any(line.split()[:3] == ["1", "secondary", "gpt-4o-mini"] for line in lines)
+    assert any("(instance)" in line for line in lines)
+    assert any(line.startswith("PTU table: Microsoft Learn") for line in lines)
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["scope"] for r in rows] == ["endpoint", "endpoint", "model", "model", "instance"]
+    assert rows[0]["intervals"] == "6" and rows[0]["calls"] == "36"
+    assert rows[0]["tpmPeak"] == "50000.0" and rows[0]["ptuPeak"] == "20"
+    assert rows[1]["model"] == "gpt-4o-mini"
+
+
+def test_cli_json_and_options(tmp_path):
+    saved = tmp_path / "metrics.json"
+    saved.write_text(json.dumps(metrics_document({AZURE.format("gpt-4o"): [(10, 0, 100_000,
+                                                                              100.0)]})))
+    done = run_cli("--metrics", str(saved), "--json", "--deployment-type", "regional",
+                   "--output-share", "0.5")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["deploymentType"] == "regional" and report["outputShare"] == 0.5
+    row = report["rows"][0]
+    assert row["ptuPeakNeeded"] == 100.0  # 100,000 TPM * 2.5 / 2,500
+    assert row["ptuPeak"] == 100
+
+
+def test_cli_errors(tmp_path):
+    done = run_cli()
+    assert done.returncode == 2 and "--metrics or --history" in done.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"endpointMetrics": 3}')
+    done = run_cli("--metrics", str(broken))
+    assert done.returncode == 1 and str(broken) in done.stderr
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text('{"endpoint": "x"}\n')
+    done = run_cli("--history", str(bad_line))
+    assert done.returncode == 1 and f"{bad_line}:1" in done.stderr
+    done = run_cli("--history", str(tmp_path / "absent.jsonl"))
+    assert done.returncode == 1 and "absent.jsonl" in done.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    done = run_cli("--history", str(empty))
+    assert done.returncode == 1 and "no closed interval" in done.stderr
