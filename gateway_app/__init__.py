@@ -7,7 +7,7 @@ import os
 
 from flask import Flask
 
-from . import routes_capacity, routes_docs  # noqa: F401
+from . import routes_capacity, routes_docs, routes_openai  # noqa: F401
 from .errors import register_error_handlers
 from .gateway import Gateway
 from .logs import configure_logging

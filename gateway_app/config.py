@@ -3,7 +3,8 @@
 The original file, ``{"endpoints": [{"uri": ..., "apikey": ...}]}``, is valid as it is. Optional
 per-endpoint fields: ``apikeyEnv`` (read the key from that environment variable instead of the
 file), ``priority`` (an explicit order; ties keep file order) and ``timeout`` (read timeout in
-seconds for this endpoint).
+seconds for this endpoint). Optional sections: ``clientKeys`` (keys applications must send) and
+``deployments`` (named pools of backends for the Azure-style and /v1 routes).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class GatewayConfig:
     """A whole validated configuration file."""
 
     endpoints: list[EndpointConfig]
+    # deployment pools by name, for /openai/deployments/{name}/... and /v1 (model = name)
+    pools: dict[str, PoolConfig] = field(default_factory=dict)
     # client name -> key, from the optional clientKeys section
     client_keys: dict[str, str] = field(default_factory=dict, repr=False)
     # optional sections, validated by their own schemas, kept as loaded
@@ -34,12 +37,26 @@ class GatewayConfig:
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """One backend deployment as configured."""
+    """One backend deployment as configured.
+
+    For /lb, ``uri`` is the whole URL of the operation; in a pool it is the deployment's URL
+    (``{endpoint}/openai/deployments/{deployment}``), to which each call's operation is added.
+    """
 
     uri: str
     api_key: str = field(repr=False)
     priority: int
     timeout: float | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A named pool: its backends by priority, spread by weight within a priority."""
+
+    name: str
+    backends: list[EndpointConfig]
+    api_version: str  # for /v1 calls, which carry none
 
 
 ENV_NAME = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -79,13 +96,50 @@ def _capacity_schema() -> Schema:
     return CapacitySchema()
 
 
+DEFAULT_API_VERSION = "2024-10-21"
+NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                       error="must be letters, digits, '.', '_' or '-' (at most 64)")
+
+
+class PoolBackendSchema(Schema):
+    """One backend of a pool: an Azure OpenAI resource and the deployment's name there."""
+
+    endpoint = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    deployment = fields.String(required=True, validate=NAME)
+    apikey = fields.String(validate=validate.Length(min=1))
+    apikeyEnv = fields.String(validate=ENV_NAME)
+    priority = fields.Integer(strict=True, validate=validate.Range(min=0))
+    weight = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    timeout = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+
+    @validates_schema
+    def one_key_source(self, data: dict[str, Any], **_: Any) -> None:
+        if ("apikey" in data) == ("apikeyEnv" in data):
+            raise ValidationError("give exactly one of apikey and apikeyEnv", "apikey")
+
+
+class PoolSchema(Schema):
+    backends = fields.List(fields.Nested(PoolBackendSchema), required=True,
+                           validate=validate.Length(min=1, error="must list at least one backend"))
+    apiVersion = fields.String(validate=validate.Regexp(r"^\d{4}-\d{2}-\d{2}(-preview)?$",
+                                                        error="must look like 2024-10-21"))
+
+
 class ConfigSchema(Schema):
     # optional: the capacity report's PTU table and endpoint models (gateway_app/capacity.py)
     capacity = fields.Nested(_capacity_schema)
     clientKeys = fields.List(fields.Nested(ClientKeySchema))
+    deployments = fields.Dict(keys=fields.String(validate=NAME),
+                              values=fields.Nested(PoolSchema))
     endpoints = fields.List(
-        fields.Nested(EndpointSchema), required=True,
+        fields.Nested(EndpointSchema),
         validate=validate.Length(min=1, error="must list at least one endpoint"))
+
+    @validates_schema
+    def something_to_serve(self, data: dict[str, Any], **_: Any) -> None:
+        if "endpoints" not in data and not data.get("deployments"):
+            raise ValidationError("Missing data for required field (or give deployments).",
+                                  "endpoints")
 
 
 def _flatten(errors: Any, path: str = "") -> list[str]:
@@ -95,7 +149,7 @@ def _flatten(errors: Any, path: str = "") -> list[str]:
         for key, value in errors.items():
             if isinstance(key, int):
                 sub = f"{path}[{key}]"
-            elif key == "_schema":
+            elif key in ("_schema", "value"):  # "value": marshmallow's level for dict values
                 sub = path
             else:
                 sub = f"{path}.{key}" if path else str(key)
@@ -113,18 +167,35 @@ def parse_config(document: Any, environ: Mapping[str, str]) -> GatewayConfig:
     except ValidationError as exc:
         raise ConfigError("; ".join(_flatten(exc.messages))) from None
     endpoints = []
-    for index, entry in enumerate(data["endpoints"]):
+    for index, entry in enumerate(data.get("endpoints", [])):
         key = _secret(entry, "apikey", "apikeyEnv", f"endpoints[{index}]", environ)
         endpoints.append(EndpointConfig(uri=entry["uri"], api_key=key,
                                         priority=entry.get("priority", index),
                                         timeout=entry.get("timeout")))
+    pools = {name: _pool(name, pool, environ)
+             for name, pool in data.get("deployments", {}).items()}
     client_keys = {}
     for index, entry in enumerate(data.get("clientKeys", [])):
         client_keys[entry["name"]] = _secret(entry, "key", "keyEnv", f"clientKeys[{index}]",
                                              environ)
-    sections = {k: v for k, v in data.items() if k not in ("endpoints", "clientKeys")}
+    sections = {k: v for k, v in data.items()
+                if k not in ("endpoints", "clientKeys", "deployments")}
     # stable sort: explicit priorities first by value, file order breaks ties
-    return GatewayConfig(sorted(endpoints, key=lambda e: e.priority), client_keys, sections)
+    return GatewayConfig(sorted(endpoints, key=lambda e: e.priority), pools, client_keys,
+                         sections)
+
+
+def _pool(name: str, pool: dict[str, Any], environ: Mapping[str, str]) -> PoolConfig:
+    backends = []
+    for index, entry in enumerate(pool["backends"]):
+        where = f"deployments.{name}.backends[{index}]"
+        uri = f"{entry['endpoint'].rstrip('/')}/openai/deployments/{entry['deployment']}"
+        backends.append(EndpointConfig(
+            uri=uri, api_key=_secret(entry, "apikey", "apikeyEnv", where, environ),
+            priority=entry.get("priority", index), timeout=entry.get("timeout"),
+            weight=entry.get("weight", 1.0)))
+    return PoolConfig(name, sorted(backends, key=lambda e: e.priority),
+                      pool.get("apiVersion", DEFAULT_API_VERSION))
 
 
 def _secret(entry: dict[str, Any], field_name: str, env_field: str, where: str,

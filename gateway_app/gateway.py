@@ -42,7 +42,7 @@ class Gateway:
                                  failure_cooldown=settings.failure_cooldown,
                                  failure_cooldown_max=settings.failure_cooldown_max)
         self.config = load_config(settings.config_file)
-        self.registry.replace(self.config.endpoints)
+        self.registry.replace(self.config.endpoints, self.config.pools)
         self.client_keys = self._client_keys()
         self.reconfig_lockout = Lockout(settings.reconfig_max_failures, seconds=60.0)
         self.telemetry = Telemetry(self.registry)
@@ -76,14 +76,21 @@ class Gateway:
         """Re-read the configuration file; raise ConfigError and keep the old list if invalid."""
         with self._reload_lock:  # two reloads at once would race to swap
             config = load_config(self.settings.config_file)
-            self.registry.replace(config.endpoints)
+            self.registry.replace(config.endpoints, config.pools)
             self.config = config
             self.client_keys = self._client_keys()
-        log.info("configuration reloaded: %d endpoint(s)", len(config.endpoints))
+        log.info("configuration reloaded: %d endpoint(s), %d deployment pool(s)",
+                 len(config.endpoints), len(config.pools))
         return len(config.endpoints)
 
     def endpoints(self) -> dict[str, str]:
         return {str(b.priority): b.uri for b in self.registry.backends()}
+
+    def pools(self) -> dict[str, list[dict[str, Any]]]:
+        """Each deployment pool's backends, for /instanceinfo."""
+        return {name: [{"endpoint": b.uri, "priority": b.priority, "weight": b.weight}
+                       for b in backends]
+                for name, backends in self.registry.pools().items()}
 
     def instance_info(self, path: str) -> dict[str, Any]:
         s = self.settings
@@ -113,6 +120,8 @@ class Gateway:
                 "marshmallow": _package_version("marshmallow"),
             },
             "oaiEndpoints": self.endpoints(),
+            # only with pools configured, so the original's shape is unchanged without them
+            **({"deployments": self.pools()} if self.registry.pools() else {}),
             "apiGatewayUri": s.route_prefix,
             "endpointUri": path,
             "serverStartDate": iso_time(self.started_at),
@@ -128,6 +137,8 @@ class Gateway:
             "collectionInterval": s.metrics_interval_minutes,
             "historyCount": s.metrics_history,
             "endpointMetrics": snapshot["endpointMetrics"],
+            **({"deploymentMetrics": snapshot["deploymentMetrics"]}
+               if snapshot["deploymentMetrics"] else {}),
             "successApiCalls": snapshot["successApiCalls"],
             "failedApiCalls": snapshot["failedApiCalls"],
             "totalApiCalls": snapshot["totalApiCalls"],

@@ -29,9 +29,11 @@ def request_id(client_value: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def backend_headers(client: Mapping[str, str], api_key: str, rid: str) -> dict[str, str]:
+def backend_headers(client: Mapping[str, str], api_key: str, rid: str,
+                    content_type: str | None = None) -> dict[str, str]:
     """Headers for a backend: its key, our request id and a few of the client's."""
-    headers = {"content-type": "application/json", "accept-encoding": "identity",
+    headers = {"content-type": content_type or "application/json",
+               "accept-encoding": "identity",
                "api-key": api_key, REQUEST_ID: rid}
     for name in FORWARDED:
         value = client.get(name)

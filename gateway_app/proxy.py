@@ -12,7 +12,7 @@ import http.client
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +44,7 @@ class Call:
     headers: Mapping[str, str]
     request_id: str
     client: str | None = None  # the client key's name, when keys are required
+    content_type: str | None = None  # a body that is not JSON is passed on with its type
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -76,9 +77,9 @@ def _supports_stream_options(uri: str) -> bool:
     return parts.path.endswith("completions") and version[:10] >= STREAM_OPTIONS_SINCE
 
 
-def _body_for(backend: Backend, call: Call) -> tuple[bytes, bool]:
+def _body_for(url: str, call: Call) -> tuple[bytes, bool]:
     """The body to send, and whether we asked for a usage chunk the client did not want."""
-    if not call.stream or not _supports_stream_options(backend.uri):
+    if not call.stream or not _supports_stream_options(url):
         return call.body, False
     options = call.payload.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
@@ -97,31 +98,36 @@ class Proxy:
         self.settings = settings
         self.telemetry = telemetry
 
-    def forward(self, call: Call, client_gone: Callable[[], bool] = lambda: False) -> Answer:
+    def forward(self, call: Call, client_gone: Callable[[], bool] = lambda: False,
+                backends: Sequence[Backend] | None = None,
+                target: Callable[[Backend], str] = lambda b: b.uri) -> Answer:
+        """Try ``backends`` (by default the /lb list) in order; ``target`` gives each one's URL."""
         outcome = Outcome()
-        for backend in self.registry.backends():
+        backends = self.registry.backends() if backends is None else backends
+        for backend in backends:
             if not self.registry.acquire(backend):
                 continue
-            answer = self._attempt(backend, call, outcome, client_gone)
+            answer = self._attempt(backend, target(backend), call, outcome, client_gone)
             if answer is not None:
                 self.registry.count_client_call(served=True)
                 self.telemetry.client_call(served=True)
                 return answer
         self.registry.count_client_call(served=False)
         self.telemetry.client_call(served=False)
-        return self._unavailable(call, outcome)
+        return self._unavailable(call, outcome, backends)
 
-    def _attempt(self, backend: Backend, call: Call, outcome: Outcome,
+    def _attempt(self, backend: Backend, url: str, call: Call, outcome: Outcome,
                  client_gone: Callable[[], bool]) -> Answer | None:
         """One try on an acquired backend: an Answer to relay, or None to fail over."""
-        body, injected = _body_for(backend, call)
+        body, injected = _body_for(url, call)
         timeout = (self.settings.connect_timeout,
                    backend.read_timeout or self.settings.read_timeout)
         started = time.monotonic()
         try:
             response = backend.session.post(
-                backend.uri, data=body, stream=True, timeout=timeout,
-                headers=backend_headers(call.headers, backend.api_key, call.request_id))
+                url, data=body, stream=True, timeout=timeout,
+                headers=backend_headers(call.headers, backend.api_key, call.request_id,
+                                        call.content_type))
         except requests.RequestException as exc:
             return self._fault(backend, outcome, type(exc).__name__)
         status = response.status_code
@@ -183,9 +189,10 @@ class Proxy:
         outcome.tried(backend, reason)
         return None
 
-    def _unavailable(self, call: Call, outcome: Outcome) -> Answer:
+    def _unavailable(self, call: Call, outcome: Outcome,
+                     backends: Sequence[Backend]) -> Answer:
         """Every backend is cooling down or failed: 429 or 503 with when to come back."""
-        busy = self.registry.busy()
+        busy = self.registry.busy(backends)
         wait = busy.retry_after or self.settings.failure_cooldown
         throttled = busy.throttled or any(a.endswith(":429") for a in outcome.attempts)
         status = 429 if throttled else 503

@@ -9,16 +9,17 @@ flight keep the Backend they hold.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from .config import EndpointConfig
+from .config import EndpointConfig, PoolConfig
 from .metrics import EndpointMetrics
 
 
@@ -40,8 +41,10 @@ class Backend:
     api_key: str = field(repr=False)
     priority: int
     read_timeout: float | None
+    pool: str  # "" for the /lb endpoints, else the deployment pool's name
     session: requests.Session = field(repr=False)
     metrics: EndpointMetrics = field(repr=False)
+    weight: float = 1.0
     cooldown_until: float = 0.0  # time.monotonic() before which nothing is sent
     cooldown_reason: str = ""  # "throttled" or "failed"
     fault_streak: int = 0
@@ -67,6 +70,7 @@ class Registry:
                  failure_cooldown: float, failure_cooldown_max: float) -> None:
         self._lock = threading.Lock()
         self._backends: tuple[Backend, ...] = ()
+        self._pools: dict[str, tuple[Backend, ...]] = {}
         self._pool_size = pool_size
         self._history_size = history_size
         self._failure_cooldown = failure_cooldown
@@ -76,27 +80,35 @@ class Registry:
         self.loaded_at = 0.0
 
     # --- configuration ---------------------------------------------------------------------
-    def replace(self, endpoints: Iterable[EndpointConfig]) -> None:
-        """Swap in a new endpoint list; endpoints with the same uri keep state and metrics.
+    def replace(self, endpoints: Iterable[EndpointConfig],
+                pools: Mapping[str, PoolConfig] | None = None) -> None:
+        """Swap in new lists in one step; a backend with the same uri (in the same pool)
+        keeps its state and metrics.
 
         The uri names the deployment, so a rotated key keeps its cooldown and history.
         """
         now = time.time()
         with self._lock:
-            old = {b.uri: b for b in self._backends}
-            fresh: list[Backend] = []
-            for position, cfg in enumerate(endpoints):
-                backend = old.pop(cfg.uri, None)
-                if backend is None:
-                    backend = Backend(uri=cfg.uri, api_key=cfg.api_key, priority=position,
-                                      read_timeout=cfg.timeout,
-                                      session=make_session(self._pool_size),
-                                      metrics=EndpointMetrics(self._history_size, now))
-                backend.priority = position
-                backend.api_key = cfg.api_key
-                backend.read_timeout = cfg.timeout
-                fresh.append(backend)
-            self._backends = tuple(fresh)
+            old = {(b.pool, b.uri): b for b in self._all()}
+
+            def build(pool: str, configs: Iterable[EndpointConfig],
+                      by_position: bool) -> tuple[Backend, ...]:
+                fresh = []
+                for position, cfg in enumerate(configs):
+                    backend = old.pop((pool, cfg.uri), None) or Backend(
+                        uri=cfg.uri, api_key=cfg.api_key, priority=0, read_timeout=None,
+                        pool=pool, session=make_session(self._pool_size),
+                        metrics=EndpointMetrics(self._history_size, now))
+                    backend.priority = position if by_position else cfg.priority
+                    backend.api_key = cfg.api_key
+                    backend.read_timeout = cfg.timeout
+                    backend.weight = cfg.weight
+                    fresh.append(backend)
+                return tuple(fresh)
+
+            self._backends = build("", endpoints, by_position=True)
+            self._pools = {name: build(name, pool.backends, by_position=False)
+                           for name, pool in (pools or {}).items()}
             self.loaded_at = now
             idle = []
             for backend in old.values():
@@ -107,8 +119,27 @@ class Registry:
             backend.session.close()
 
     def backends(self) -> tuple[Backend, ...]:
-        """The current list in priority order (an immutable snapshot)."""
+        """The /lb list in priority order (an immutable snapshot)."""
         return self._backends
+
+    def pools(self) -> dict[str, tuple[Backend, ...]]:
+        """The deployment pools (a snapshot)."""
+        return self._pools
+
+    def _all(self) -> list[Backend]:
+        return [*self._backends, *(b for pool in self._pools.values() for b in pool)]
+
+    def pool_order(self, name: str) -> list[Backend] | None:
+        """A pool's backends in the order to try them, or None for an unknown pool.
+
+        Priorities are tried in order; within one priority the order is drawn at random in
+        proportion to the weights, so calls spread over equal backends.
+        """
+        backends = self._pools.get(name)
+        if backends is None:
+            return None
+        # Efraimidis-Spirakis: sorting by u ** (1 / weight) draws a weighted order
+        return sorted(backends, key=lambda b: (b.priority, -random.random() ** (1 / b.weight)))
 
     # --- one call --------------------------------------------------------------------------
     def acquire(self, backend: Backend) -> bool:
@@ -169,11 +200,11 @@ class Registry:
             else:
                 self.failed_calls += 1
 
-    def busy(self) -> Busy:
+    def busy(self, backends: Iterable[Backend]) -> Busy:
         """When the earliest cooling backend is free again, and whether any is throttled."""
         now = time.monotonic()
         with self._lock:
-            cooling = [b for b in self._backends if b.cooldown_until > now]
+            cooling = [b for b in backends if b.cooldown_until > now]
             throttled = any(b.cooldown_reason == "throttled" for b in cooling)
             wait = min((b.remaining(now) for b in cooling), default=0.0)
         return Busy(retry_after=wait, throttled=throttled)
@@ -184,9 +215,11 @@ class Registry:
         now = time.time()
         with self._lock:
             closed = []
-            for backend in self._backends:
+            for backend in self._all():
                 entry = backend.metrics.close_interval(now)
-                closed.append({"endpoint": backend.uri, "priority": backend.priority, **entry})
+                where = {"deployment": backend.pool} if backend.pool else {}
+                closed.append({"endpoint": backend.uri, "priority": backend.priority, **where,
+                               **entry})
             return closed
 
     def metrics_snapshot(self) -> dict[str, Any]:
@@ -197,7 +230,11 @@ class Registry:
                 "priority": b.priority,
                 "metrics": b.metrics.to_json(),
             } for b in self._backends]
+            pools = {name: [{"endpoint": b.uri, "priority": b.priority, "weight": b.weight,
+                             "metrics": b.metrics.to_json()} for b in backends]
+                     for name, backends in self._pools.items()}
             return {"endpointMetrics": endpoints,
+                    "deploymentMetrics": pools,
                     "successApiCalls": self.success_calls,
                     "failedApiCalls": self.failed_calls,
                     "totalApiCalls": self.success_calls + self.failed_calls}
@@ -207,14 +244,15 @@ class Registry:
         now = time.monotonic()
         with self._lock:
             return [{"priority": b.priority, "endpoint": b.uri,
+                     **({"deployment": b.pool} if b.pool else {}),
                      "available": b.cooldown_until <= now,
                      "cooldownSeconds": round(b.remaining(now), 3),
                      "reason": b.cooldown_reason if b.cooldown_until > now else "",
-                     "inFlight": b.in_flight} for b in self._backends]
+                     "inFlight": b.in_flight} for b in self._all()]
 
     def close(self) -> None:
         """Close every Session (at shutdown)."""
         with self._lock:
-            backends = self._backends
+            backends = self._all()
         for backend in backends:
             backend.session.close()

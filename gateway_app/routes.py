@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 from .auth import presented_key, same_secret
+from .blueprint import bp
 from .config import ConfigError
 from .errors import json_error
 from .gateway import Gateway
 from .headers import request_id
-from .proxy import Call
+from .proxy import Answer, Call
 from .retry_after import whole_seconds
 from .telemetry import CONTENT_TYPE
 
 log = logging.getLogger("apirouter")
-
-bp = Blueprint("apirouter", __name__)
 
 # Probes must work without a key: Kubernetes sends none.
 OPEN_ENDPOINTS = frozenset({"apirouter.healthz", "apirouter.readyz"})
@@ -48,10 +48,17 @@ def authenticate() -> Response | None:
     return None
 
 
-def _read_call() -> Call | Response:
-    """The client's OpenAI request, or a 400 saying what is wrong with it."""
+def read_call(json_only: bool = True) -> Call | Response:
+    """The client's OpenAI request, or a 400 saying what is wrong with it.
+
+    With ``json_only`` false, a body that is not JSON (a multipart upload, say) is passed on
+    as it is, with its content type.
+    """
     body = request.get_data(cache=False)
     rid = request_id(request.headers.get("x-request-id"))
+    if not json_only and not request.is_json:
+        return Call(body=body, payload={}, headers=request.headers, request_id=rid,
+                    client=g.get("client"), content_type=request.content_type)
     if not body.strip():
         return json_error(400, "InvalidRequest",
                           "The request body is empty; send an OpenAI request as a JSON object.")
@@ -65,15 +72,22 @@ def _read_call() -> Call | Response:
                 client=g.get("client"))
 
 
-@bp.post("/lb")
-def load_balance() -> Response:
-    call = _read_call()
-    if isinstance(call, Response):
-        return call
-    gone = request.environ.get("waitress.client_disconnected") or (lambda: False)
-    answer = gateway().proxy.forward(call, client_gone=gone)
+def relay(answer: Answer) -> Response:
     return Response(answer.body, status=answer.status, headers=answer.headers,
                     direct_passthrough=True)
+
+
+def client_gone() -> Callable[[], bool]:
+    """Waitress's check for a client that hung up (when lookahead is on)."""
+    return request.environ.get("waitress.client_disconnected") or (lambda: False)
+
+
+@bp.post("/lb")
+def load_balance() -> Response:
+    call = read_call()
+    if isinstance(call, Response):
+        return call
+    return relay(gateway().proxy.forward(call, client_gone=client_gone()))
 
 
 @bp.get("/instanceinfo")

@@ -43,8 +43,11 @@ def endpoint_entries(endpoints: list[Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def write_config(path: Path, endpoints: list[Any]) -> Path:
-    path.write_text(json.dumps({"endpoints": endpoint_entries(endpoints)}))
+def write_config(path: Path, endpoints: list[Any], sections: dict[str, Any] | None = None
+                 ) -> Path:
+    """A configuration file with ``endpoints`` (if any) and extra top-level ``sections``."""
+    doc = {"endpoints": endpoint_entries(endpoints)} if endpoints else {}
+    path.write_text(json.dumps({**doc, **(sections or {})}))
     return path
 
 
@@ -105,8 +108,8 @@ def gateway_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings for a test gateway in front of ``endpoints``; keyword overrides apply."""
 
     def make(endpoints: list[Any], env: dict[str, str] | None = None,
-             **overrides: Any) -> Settings:
-        config = write_config(tmp_path / "config.json", endpoints)
+             sections: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+        config = write_config(tmp_path / "config.json", endpoints, sections)
         settings = Settings.from_env({**base_env(config), **(env or {})})
         return replace(settings, **{"port": 0, "host": "127.0.0.1", "threads": 64, **overrides})
 

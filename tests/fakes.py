@@ -137,6 +137,7 @@ def reset() -> Behaviour:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms stalls
     fake: FakeBackend
 
     def log_message(self, *args: Any) -> None:  # keep test output quiet
@@ -173,6 +174,11 @@ class FakeBackend:
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                         daemon=True)
         self._thread.start()
+
+    @property
+    def base(self) -> str:
+        """The resource's base URL, as a pool backend's ``endpoint``."""
+        return f"http://127.0.0.1:{self.port}"
 
     def uri(self, deployment: str = "dep", operation: str = "chat/completions",
             api_version: str = "2024-10-21") -> str:

@@ -1,0 +1,75 @@
+"""Azure OpenAI and OpenAI data-plane paths, so an SDK needs only the gateway's URL.
+
+``/openai/deployments/{name}/...`` sends the call to the pool called ``name``, keeping the
+operation and the query string (``api-version``); ``/v1/...`` does the same with the pool named
+by the body's ``model``, with the pool's api-version.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+from flask import Response, jsonify, request
+
+from .blueprint import ROOT, bp
+from .errors import json_error
+from .registry import Backend
+from .routes import client_gone, gateway, read_call, relay
+
+V1_OPERATIONS = {"chat/completions", "completions", "embeddings"}
+
+
+def _unknown(name: str) -> Response:
+    return json_error(404, "DeploymentNotFound",
+                      f"The deployment {name!r} is not configured on this gateway.")
+
+
+@bp.post(ROOT + "/openai/deployments/<name>/<path:operation>")
+def azure_deployment(name: str, operation: str) -> Response:
+    backends = gateway().registry.pool_order(name)
+    if backends is None:
+        return _unknown(name)
+    call = read_call(json_only=False)
+    if isinstance(call, Response):
+        return call
+    query = request.query_string.decode("latin-1")
+    tail = f"/{quote(operation)}" + (f"?{query}" if query else "")
+
+    def target(backend: Backend) -> str:
+        return backend.uri + tail
+
+    return relay(gateway().proxy.forward(call, client_gone(), backends, target))
+
+
+@bp.post(ROOT + "/v1/<path:operation>")
+def openai_v1(operation: str) -> Response:
+    if operation not in V1_OPERATIONS:
+        return json_error(404, "NotFound", f"/v1/{operation} is not served by this gateway; "
+                          f"it serves /v1/{', /v1/'.join(sorted(V1_OPERATIONS))}.")
+    call = read_call()
+    if isinstance(call, Response):
+        return call
+    name = call.payload.get("model")
+    if not isinstance(name, str):
+        return json_error(400, "InvalidRequest", "The body must name a deployment as model.")
+    gw = gateway()
+    backends = gw.registry.pool_order(name)
+    if backends is None:
+        return _unknown(name)
+    tail = f"/{operation}?api-version={gw.config.pools[name].api_version}"
+
+    def target(backend: Backend) -> str:
+        return backend.uri + tail
+
+    return relay(gw.proxy.forward(call, client_gone(), backends, target))
+
+
+@bp.get(ROOT + "/v1/models")
+def openai_models() -> Response:
+    """The pools, as the models an OpenAI client may name."""
+    created = int(gateway().started_at or time.time())
+    return jsonify({"object": "list",
+                    "data": [{"id": name, "object": "model", "created": created,
+                              "owned_by": "apirouter"}
+                             for name in sorted(gateway().registry.pools())]})
