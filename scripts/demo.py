@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Callable[[], None]] = []
     workdir = Path(tempfile.mkdtemp(prefix="apirouter-demo-"))
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # a shell starting us in the background (``cmd &``) leaves SIGINT ignored; Ctrl-C must work
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     status = 1
     try:
         status = run_demo(args, workdir, started)

@@ -143,7 +143,8 @@ def format_burst(burst: Burst, endpoints: dict[str, str]) -> str:
              *_table(["endpoint", "deployment", "served", "after failover", "errors"], rows)]
     throttled = [r for r in results if r.status == 429 and r.endpoint is None]
     waits = sorted({int(r.retry_after) for r in throttled if (r.retry_after or "").isdigit()})
-    told = f", told retry-after {waits[0]}-{waits[-1]} s" if waits else ""
+    span = f"{waits[0]}-{waits[-1]}" if len(waits) > 1 else "".join(map(str, waits))
+    told = f", told retry-after {span} s" if waits else ""
     lines.append(f"429 from the gateway (every endpoint busy): {len(throttled)}{told}")
     others = Counter(r.error for r in results
                      if not r.served and r.endpoint is None and r.status != 429)

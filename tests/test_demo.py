@@ -152,6 +152,44 @@ def test_demo_script_shows_failover_and_stops_on_sigterm() -> None:
     assert demo.port_free(sim_port)
 
 
+def test_demo_stops_on_ctrl_c_even_when_started_with_sigint_ignored() -> None:
+    # as ``python scripts/demo.py &`` from a script would start it
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/demo.py", "--port", str(port), "--sim-port", str(free_port()),
+         "--no-burst"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    output = Output(proc)
+    try:
+        assert poll(lambda: "following the gateway's log" in output.text, 30), output.text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0, output.text
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+    output.join()
+    assert "stopped the gateway and the simulator" in output.text
+    assert demo.port_free(port)
+
+
+def test_burst_table_counts_per_endpoint_and_gateway_429s() -> None:
+    results = [traffic.CallResult(200, "0", 1), traffic.CallResult(200, "1", 2),
+               traffic.CallResult(400, "1", 1, error="BadRequest"),
+               traffic.CallResult(429, None, 0, retry_after="7", error="AllEndpointsBusy"),
+               traffic.CallResult(None, error="ConnectionError")]
+    burst = traffic.Burst(results, 1.0, 2, 5, False)
+    text = traffic.format_burst(burst, {
+        "0": "http://h:1/openai/deployments/a/chat/completions?api-version=x",
+        "1": "http://h:1/openai/deployments/b/chat/completions?api-version=x"})
+    assert "5 calls in 1.0 s (concurrency 2, max_tokens 5): 2 served" in text
+    assert served_rows(text) == {"a": 1, "b": 1}
+    assert re.search(r"^1\s+h:1 b\s+1\s+1\s+1$", text, re.MULTILINE), text
+    assert "429 from the gateway (every endpoint busy): 1, told retry-after 7 s" in text
+    assert "other errors: 1 (ConnectionError x1)" in text
+
+
 def test_demo_refuses_a_taken_port() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
