@@ -65,6 +65,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "/api/v1/%s/apirouter" (required "env (API_GATEWAY_ENV) must be set" .Values.env | toString) }}
 {{- end }}
 
+{{/*
+A number as an environment variable's text. YAML numbers reach templates as floats, which
+print large whole values in exponent form (3.3554432e+07); whole ones are printed as integers.
+*/}}
+{{- define "apirouter.number" -}}
+{{- if kindIs "string" . }}
+{{- . }}
+{{- else if eq (float64 .) (float64 (int64 .)) }}
+{{- int64 . }}
+{{- else }}
+{{- . }}
+{{- end }}
+{{- end }}
+
 {{/* Seconds Kubernetes waits between the pod's deletion and SIGKILL. */}}
 {{- define "apirouter.terminationGracePeriodSeconds" -}}
 {{- $needed := add (int .Values.shutdownGrace) (int .Values.preStopSleepSeconds) }}
@@ -80,10 +94,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The configuration file and the backend keys taken out of it, as JSON:
-{"config": <file with every inline "apikey" replaced by an "apikeyEnv">,
+{"config": <file with every inline key replaced by the name of a variable>,
  "keys": {<variable name>: <key>}}.
-An inline key of endpoint i becomes the variable APIROUTER_ENDPOINT_<i>_KEY, stored in the
-chart's Secret, so no key is ever written into the ConfigMap.
+The "apikey" of endpoint i becomes the variable APIROUTER_ENDPOINT_<i>_KEY (an "apikeyEnv"),
+the "key" of client key i becomes APIROUTER_CLIENT_<i>_KEY (a "keyEnv"); both are stored in
+the chart's Secret, so no key is ever written into the ConfigMap.
 */}}
 {{- define "apirouter.config" -}}
 {{- $file := .Values.config.file }}
@@ -97,6 +112,9 @@ chart's Secret, so no key is ever written into the ConfigMap.
 {{- end }}
 {{- else }}
 {{- $_ := set $cfg "endpoints" (deepCopy (.Values.config.endpoints | default list)) }}
+{{- with .Values.config.clientKeys }}
+{{- $_ := set $cfg "clientKeys" (deepCopy .) }}
+{{- end }}
 {{- end }}
 {{- $endpoints := get $cfg "endpoints" }}
 {{- if not (kindIs "slice" $endpoints) }}
@@ -126,6 +144,29 @@ chart's Secret, so no key is ever written into the ConfigMap.
 {{- $out = append $out $ep }}
 {{- end }}
 {{- $_ := set $cfg "endpoints" $out }}
+{{- if hasKey $cfg "clientKeys" }}
+{{- $clients := get $cfg "clientKeys" }}
+{{- if not (kindIs "slice" $clients) }}
+{{- fail "the configuration's \"clientKeys\" must be a list" }}
+{{- end }}
+{{- $outClients := list }}
+{{- range $i, $client := $clients }}
+{{- if not (kindIs "map" $client) }}
+{{- fail (printf "config clientKeys %d is not a map" $i) }}
+{{- end }}
+{{- if hasKey $client "key" }}
+{{- if $.Values.existingSecret }}
+{{- fail (printf "config clientKeys %d has an inline key, but existingSecret is set: put the key in that Secret and name it with keyEnv" $i) }}
+{{- end }}
+{{- $var := printf "APIROUTER_CLIENT_%d_KEY" $i }}
+{{- $_ := set $keys $var (toString (get $client "key")) }}
+{{- $client = omit $client "key" }}
+{{- $_ := set $client "keyEnv" $var }}
+{{- end }}
+{{- $outClients = append $outClients $client }}
+{{- end }}
+{{- $_ := set $cfg "clientKeys" $outClients }}
+{{- end }}
 {{- toJson (dict "config" $cfg "keys" $keys) }}
 {{- end }}
 
@@ -134,7 +175,7 @@ Names in apiKeys: valid environment variable names, and none that the container'
 sets itself (the explicit env would silently win over the Secret's entry).
 */}}
 {{- define "apirouter.checkApiKeys" -}}
-{{- $setByChart := list "API_GATEWAY_KEY" "API_GATEWAY_CONFIG_FILE" "API_GATEWAY_NAME" "API_GATEWAY_ENV" "API_GATEWAY_METRICS_CINTERVAL" "API_GATEWAY_METRICS_CHISTORY" "API_GATEWAY_HOST" "API_GATEWAY_PORT" "API_GATEWAY_LOG_LEVEL" "API_GATEWAY_LOG_FORMAT" "API_GATEWAY_THREADS" "API_GATEWAY_CONNECTION_LIMIT" "API_GATEWAY_SHUTDOWN_GRACE" "IMAGE_ID" "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "POD_SVC_ACCOUNT" }}
+{{- $setByChart := list "API_GATEWAY_KEY" "API_GATEWAY_CONFIG_FILE" "API_GATEWAY_NAME" "API_GATEWAY_ENV" "API_GATEWAY_METRICS_CINTERVAL" "API_GATEWAY_METRICS_CHISTORY" "API_GATEWAY_HOST" "API_GATEWAY_PORT" "API_GATEWAY_LOG_LEVEL" "API_GATEWAY_LOG_FORMAT" "API_GATEWAY_THREADS" "API_GATEWAY_CONNECTION_LIMIT" "API_GATEWAY_SHUTDOWN_GRACE" "API_GATEWAY_CONFIG_WATCH_SECONDS" "API_GATEWAY_METRICS_HISTORY_FILE" "API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES" "IMAGE_ID" "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "POD_SVC_ACCOUNT" }}
 {{- range $name, $_ := .Values.apiKeys }}
 {{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" $name) }}
 {{- fail (printf "apiKeys: %q is not a valid environment variable name" $name) }}

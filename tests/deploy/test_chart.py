@@ -196,7 +196,13 @@ def test_gateway_settings_come_from_values(default_objects: dict[str, dict]) -> 
     assert values["API_GATEWAY_PORT"] == "8000"
     assert values["API_GATEWAY_SHUTDOWN_GRACE"] == "25"
     # Left to the gateway's own defaults unless given.
-    for name in ("API_GATEWAY_THREADS", "API_GATEWAY_CONNECTION_LIMIT", "API_GATEWAY_LOG_FORMAT"):
+    for name in (
+        "API_GATEWAY_THREADS",
+        "API_GATEWAY_CONNECTION_LIMIT",
+        "API_GATEWAY_LOG_FORMAT",
+        "API_GATEWAY_CONFIG_WATCH_SECONDS",
+        "API_GATEWAY_METRICS_HISTORY_FILE",
+    ):
         assert name not in values
     assert values["API_GATEWAY_CONFIG_FILE"] == "/etc/apirouter/api-router-config.json"
     assert values["IMAGE_ID"] == "apirouter:0.1.0"
@@ -326,10 +332,16 @@ def test_inline_keys_move_into_the_secret(all_on_objects: dict[str, dict]) -> No
         "APIROUTER_ENDPOINT_1_KEY",
     ]
     assert all("apikey" not in e for e in config["endpoints"])
+    assert config["clientKeys"] == [
+        {"name": "chat-app", "keyEnv": "CHAT_APP_KEY"},
+        {"name": "billing-app", "keyEnv": "APIROUTER_CLIENT_1_KEY"},
+    ]
     assert decoded(all_on_objects["Secret"]) == {
         "API_GATEWAY_KEY": "fake-gateway-key-for-ci",
         "AOAI_KEY_0": "fake-backend-key-0",
+        "CHAT_APP_KEY": "fake-client-key-chat",
         "APIROUTER_ENDPOINT_1_KEY": "fake-inline-key-moved-to-secret",
+        "APIROUTER_CLIENT_1_KEY": "fake-inline-client-key",
     }
 
 
@@ -340,9 +352,11 @@ def test_whole_config_file_keeps_its_fields(chart_tools: ChartTools) -> None:
     config = json.loads(text)
     assert config["endpoints"][1]["timeout"] == 30
     assert config["endpoints"][0]["uri"].startswith("https://one.openai.azure.com/")
+    assert config["clientKeys"] == [{"name": "chat-app", "keyEnv": "APIROUTER_CLIENT_0_KEY"}]
     keys = decoded(objects["Secret"])
     assert keys["APIROUTER_ENDPOINT_0_KEY"] == "fake-inline-key-one"
     assert keys["APIROUTER_ENDPOINT_1_KEY"] == "fake-inline-key-two"
+    assert keys["APIROUTER_CLIENT_0_KEY"] == "fake-inline-client-key"
 
 
 def test_existing_secret_and_configmap(chart_tools: ChartTools) -> None:
@@ -362,6 +376,8 @@ def test_existing_secret_and_configmap(chart_tools: ChartTools) -> None:
         "maxUnavailable": 1,
         "selector": deployment["spec"]["selector"],
     }
+    # The metrics history file without a claim: an emptyDir.
+    assert volumes["history"]["emptyDir"] == {"sizeLimit": "128Mi"}
 
 
 # --- Every optional part -----------------------------------------------------------------
@@ -409,6 +425,16 @@ def test_all_on_settings_reach_the_pod(all_on_objects: dict[str, dict]) -> None:
     assert env["API_GATEWAY_CONNECTION_LIMIT"] == "500"
     assert env["API_GATEWAY_LOG_FORMAT"] == "json"
     assert env["API_GATEWAY_SHUTDOWN_GRACE"] == "60"
+    assert env["API_GATEWAY_CONFIG_WATCH_SECONDS"] == "30"
+    assert env["API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES"] == "33554432"
+    # One history file per pod, on the claim; $(POD_NAME) needs POD_NAME defined before it.
+    names = [e["name"] for e in container["env"]]
+    assert env["API_GATEWAY_METRICS_HISTORY_FILE"] == "/var/lib/apirouter/history-$(POD_NAME).jsonl"
+    assert names.index("POD_NAME") < names.index("API_GATEWAY_METRICS_HISTORY_FILE")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["history"] == "/var/lib/apirouter"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["history"]["persistentVolumeClaim"] == {"claimName": "apirouter-history"}
     assert pod["terminationGracePeriodSeconds"] == 90
     assert pod["serviceAccountName"] == "apirouter-gateway"
     assert pod["priorityClassName"] == "high-priority"
@@ -417,6 +443,21 @@ def test_all_on_settings_reach_the_pod(all_on_objects: dict[str, dict]) -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert labels["team"] == "platform"
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/v1/prod/apirouter/readyz"
+
+
+def test_numbers_keep_their_form(chart_tools: ChartTools) -> None:
+    # helm --set passes fractions as text and YAML numbers arrive as floats: neither may
+    # reach the gateway as "3.3554432e+07".
+    sets = ["metricsCInterval=0.25", "metricsHistoryFile.enabled=true"]
+    sets += ["metricsHistoryFile.maxBytes=33554432", "threads=10000", "ingress.enabled=true"]
+    sets += ["ingress.proxyTimeoutSeconds=3600"]
+    objects = by_kind(load(chart_tools, render(chart_tools, None, *sets)))
+    env = {e["name"]: e.get("value") for e in container_of(objects["Deployment"])["env"]}
+    assert env["API_GATEWAY_METRICS_CINTERVAL"] == "0.25"
+    assert env["API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES"] == "33554432"
+    assert env["API_GATEWAY_THREADS"] == "10000"
+    annotations = objects["Ingress"]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
 
 
 # --- Mistakes are refused with a clear message --------------------------------------------
@@ -441,6 +482,7 @@ def test_all_on_settings_reach_the_pod(all_on_objects: dict[str, dict]) -> None:
         (["metricsCHistory=601"], "metricsCHistory"),
         (["metricsCInterval=0"], "metricsCInterval"),
         (["logLevel=verbose"], "logLevel"),
+        (["threads=20000"], "threads"),
         (["replicaCunt=2"], "replicaCunt"),
         (["autoscaling.enabled=true", "autoscaling.maxReplicas=1"], "maxReplicas"),
     ],
