@@ -21,6 +21,9 @@ Options:
   --host-network     share the host's network instead of publishing a port; the gateway
                      then listens on --port itself
   --key-env NAME     also pass the variable NAME from this environment (repeatable)
+  --data-dir DIR     keep the metrics history file in DIR on this machine (mounted
+                     read-write; DIR must be writable by uid 10001): sets
+                     API_GATEWAY_METRICS_HISTORY_FILE=/var/lib/apirouter/history.jsonl
   --restart POLICY   restart policy when detached (default: unless-stopped)
   --replace          remove an existing container of the same name first
   --foreground       stay attached and remove the container when it stops
@@ -31,19 +34,19 @@ Options:
 
 Environment read from this shell (export the variables first):
   API_GATEWAY_KEY                required: the key that /reconfig/{key} asks for
-  <name of each apikeyEnv>       required: every "apikeyEnv" named in FILE (needs python3
-                                 to read FILE; otherwise name them with --key-env)
+  <each apikeyEnv and keyEnv>    required: every variable FILE names for an endpoint's key
+                                 or a client key (needs python3 to read FILE; otherwise
+                                 name them with --key-env)
   API_GATEWAY_NAME               default: the container name
   API_GATEWAY_ENV                default: dev
   API_GATEWAY_METRICS_CINTERVAL  default: 60 (minutes)
   API_GATEWAY_METRICS_CHISTORY   default: 168
-  API_GATEWAY_LOG_LEVEL, API_GATEWAY_LOG_FORMAT, API_GATEWAY_THREADS,
-  API_GATEWAY_CONNECTION_LIMIT, API_GATEWAY_SHUTDOWN_GRACE, API_GATEWAY_CONNECT_TIMEOUT,
-  API_GATEWAY_READ_TIMEOUT, API_GATEWAY_MAX_BODY_BYTES
-                                 passed on when set (else the gateway's defaults)
+  any other API_GATEWAY_*        passed on when set (API_GATEWAY_CLIENT_KEYS,
+                                 API_GATEWAY_THREADS, ...); otherwise the gateway's defaults
 
-Secrets are handed over as "-e NAME" without a value: the engine copies them from this
-environment, so they show up neither in the process list nor in this script's output.
+Every API_GATEWAY_* variable and every key is handed over as "--env NAME" without a value:
+the engine copies it from this environment, so no secret shows up in the process list or
+in this script's output.
 EOF
 }
 
@@ -57,6 +60,7 @@ port="8000"
 address="0.0.0.0"
 host_network=0
 key_envs=()
+data_dir=""
 restart="unless-stopped"
 replace=0
 foreground=0
@@ -72,6 +76,7 @@ while (($#)); do
         --address) need_value "$@"; address="$2"; shift ;;
         --host-network) host_network=1 ;;
         --key-env) need_value "$@"; key_envs+=("$2"); shift ;;
+        --data-dir) need_value "$@"; data_dir="$2"; shift ;;
         --restart) need_value "$@"; restart="$2"; shift ;;
         --replace) replace=1 ;;
         --foreground) foreground=1 ;;
@@ -117,16 +122,19 @@ if command -v python3 >/dev/null 2>&1; then
 import json, sys
 with open(sys.argv[1], encoding="utf-8") as f:
     cfg = json.load(f)
-for ep in cfg.get("endpoints", []) if isinstance(cfg, dict) else []:
-    if isinstance(ep, dict) and isinstance(ep.get("apikeyEnv"), str):
-        print(ep["apikeyEnv"])
+cfg = cfg if isinstance(cfg, dict) else {}
+for section, field in (("endpoints", "apikeyEnv"), ("clientKeys", "keyEnv")):
+    entries = cfg.get(section)
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get(field), str):
+            print(entry[field])
 PY
 )" || die "$config is not valid JSON"
     while IFS= read -r var; do
         [[ -n "$var" ]] && secret_vars+=("$var")
     done <<<"$named"
 else
-    say "python3 not found: pass the variables named by apikeyEnv with --key-env"
+    say "python3 not found: pass the variables named by apikeyEnv and keyEnv with --key-env"
 fi
 for var in "${secret_vars[@]}"; do
     [[ "$var" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "not a variable name: $var"
@@ -162,15 +170,31 @@ args=(run --name "$name"
     --cap-drop ALL --security-opt no-new-privileges
     # docker stop / podman stop wait this long after SIGTERM: the calls' grace and a margin.
     --stop-timeout "$stop_timeout")
-# Optional settings travel only when set: the image keeps the gateway's defaults otherwise.
-for var in API_GATEWAY_LOG_LEVEL API_GATEWAY_LOG_FORMAT API_GATEWAY_THREADS \
-    API_GATEWAY_CONNECTION_LIMIT API_GATEWAY_SHUTDOWN_GRACE API_GATEWAY_CONNECT_TIMEOUT \
-    API_GATEWAY_READ_TIMEOUT API_GATEWAY_MAX_BODY_BYTES; do
-    [[ -n "${!var:-}" ]] && args+=(--env "$var=${!var}")
-done
+# The settings this script sets itself; every other API_GATEWAY_* variable exported here is
+# passed on by name, secrets (API_GATEWAY_KEY, API_GATEWAY_CLIENT_KEYS) and all.
+own_settings=" API_GATEWAY_CONFIG_FILE API_GATEWAY_NAME API_GATEWAY_ENV API_GATEWAY_PORT \
+API_GATEWAY_METRICS_CINTERVAL API_GATEWAY_METRICS_CHISTORY "
+if [[ -n "$data_dir" ]]; then
+    own_settings+="API_GATEWAY_METRICS_HISTORY_FILE "
+fi
+while IFS= read -r var; do
+    [[ "$own_settings" == *" $var "* ]] && continue
+    [[ " ${secret_vars[*]} " == *" $var "* ]] && continue
+    secret_vars+=("$var")
+done < <(compgen -e | grep '^API_GATEWAY_' || true)
 for var in "${secret_vars[@]}"; do
     args+=(--env "$var")
 done
+if [[ -n "$data_dir" ]]; then
+    [[ -d "$data_dir" ]] || die "no such directory: $data_dir"
+    data_dir="$(cd "$data_dir" && pwd)"
+    if [[ "$(stat -c '%u' "$data_dir")" != 10001 ]] && (((8#$(stat -c '%a' "$data_dir") & 2) == 0)); then
+        say "warning: $data_dir is not writable by the container's user (uid 10001):"
+        say "warning: sudo chown 10001:10001 $data_dir"
+    fi
+    args+=(--volume "$data_dir:/var/lib/apirouter:${mount_opts/ro/rw}"
+        --env API_GATEWAY_METRICS_HISTORY_FILE=/var/lib/apirouter/history.jsonl)
+fi
 if ((host_network)); then
     args+=(--network host)
 else

@@ -3,8 +3,9 @@
 scripts/build-container.sh builds the image (no registry is reachable here: the base image
 is a stand-in that scripts/install-ci-tools.sh builds from Debian's packages), then
 scripts/start-container.sh runs it on the host's network, with the configuration mounted
-read-only and the keys handed over from the environment. The test asks /healthz and
-/readyz, sends one call through /lb to a fake deployment on 127.0.0.1, runs the image's
+read-only, the keys handed over from the environment and a data directory for the metrics
+history file. The test asks /healthz and /readyz, sends one call through /lb (with a client
+key) to a fake deployment on 127.0.0.1, waits for the history file, runs the image's
 HEALTHCHECK, and stops the container while a slow call is in flight: the call must
 complete, and SIGTERM must end the container promptly with exit code 0.
 """
@@ -33,7 +34,8 @@ IMAGE = "localhost/apirouter:ci-test"
 # Obviously fake secrets; the test checks that none of them leaks.
 GATEWAY_KEY = "fake-gateway-key-0000"
 BACKEND_KEY = "fake-backend-key-1111"
-SECRETS = (GATEWAY_KEY, BACKEND_KEY)
+CLIENT_KEY = "fake-client-key-5555"
+SECRETS = (GATEWAY_KEY, BACKEND_KEY, CLIENT_KEY)
 ENV_SEGMENT = "citest"
 # Limits of each step, in seconds.
 BUILD_TIMEOUT = 480
@@ -116,11 +118,15 @@ def podman(
     return done
 
 
-def http(method: str, url: str, body: dict | None = None, timeout: float = 10):
+def http(
+    method: str, url: str, body: dict | None = None, timeout: float = 10, key: str | None = None
+):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
+    if key is not None:
+        request.add_header("api-key", key)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode()
@@ -220,15 +226,24 @@ def test_container_serves_and_stops_on_sigterm(
         f"http://127.0.0.1:{backend_port}/openai/deployments/fake/chat/completions"
         "?api-version=2024-10-21"
     )
-    config.write_text(json.dumps({"endpoints": [{"uri": uri, "apikeyEnv": "AOAI_KEY_0"}]}))
+    document = {
+        "endpoints": [{"uri": uri, "apikeyEnv": "AOAI_KEY_0"}],
+        "clientKeys": [{"name": "ci-client", "keyEnv": "CI_CLIENT_KEY"}],
+    }
+    config.write_text(json.dumps(document))
     config.chmod(0o644)
+    data_dir = tmp_path / "data"  # the metrics history file, written by uid 10001
+    data_dir.mkdir()
+    data_dir.chmod(0o777)
     env = dict(
         container_tools.env,
         API_GATEWAY_KEY=GATEWAY_KEY,
         AOAI_KEY_0=BACKEND_KEY,
+        CI_CLIENT_KEY=CLIENT_KEY,
         API_GATEWAY_NAME="ci-gateway",
         API_GATEWAY_ENV=ENV_SEGMENT,
-        API_GATEWAY_METRICS_CINTERVAL="1",
+        # 3-second intervals, so one closes (and reaches the history file) during the test.
+        API_GATEWAY_METRICS_CINTERVAL="0.05",
         API_GATEWAY_METRICS_CHISTORY="10",
         API_GATEWAY_SHUTDOWN_GRACE="5",
     )
@@ -245,6 +260,8 @@ def test_container_serves_and_stops_on_sigterm(
         "--host-network",
         "--port",
         str(port),
+        "--data-dir",
+        str(data_dir),
         "--replace",
     ]
     try:
@@ -261,11 +278,10 @@ def test_container_serves_and_stops_on_sigterm(
         assert json.loads(body)["status"] == "OK"
         assert http("GET", f"{base}/readyz")[0] == 200
 
-        status, body = http(
-            "POST",
-            f"{base}/lb",
-            {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 5},
-        )
+        call = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 5}
+        # Client keys are on (from the file's clientKeys, handed over by keyEnv).
+        assert http("POST", f"{base}/lb", call)[0] == 401
+        status, body = http("POST", f"{base}/lb", call, key=CLIENT_KEY)
         assert status == 200, body
         answer = json.loads(body)
         assert answer["id"] == "chatcmpl-fake-1"
@@ -275,7 +291,7 @@ def test_container_serves_and_stops_on_sigterm(
         assert seen[0]["path"].startswith("/openai/deployments/fake/chat/completions")
         assert seen[0]["body"]["max_tokens"] == 5
 
-        status, body = http("GET", f"{base}/instanceinfo")
+        status, body = http("GET", f"{base}/instanceinfo", key=CLIENT_KEY)
         assert status == 200
         assert_no_secret(body, "/instanceinfo")
         assert json.loads(body)["containerInfo"]["imageID"] == image
@@ -289,11 +305,23 @@ def test_container_serves_and_stops_on_sigterm(
         touch = podman(container_tools, "exec", name, "touch", "/app/x", check=False)
         assert touch.returncode != 0
 
+        # A closed interval reaches the history file on the mounted data directory.
+        history = data_dir / "history.jsonl"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (history.exists() and history.stat().st_size):
+            time.sleep(0.5)
+        assert history.exists(), "no metrics history file was written"
+        first = json.loads(history.read_text().splitlines()[0])
+        assert first["instanceName"] == "ci-gateway"
+        assert_no_secret(history.read_text(), "the history file")
+
         # A call in flight when SIGTERM arrives is let finish.
         slow: dict[str, object] = {}
 
         def slow_call() -> None:
-            slow["result"] = http("POST", f"{base}/lb", {"messages": [], "user": "slow"}, 30)
+            slow["result"] = http(
+                "POST", f"{base}/lb", {"messages": [], "user": "slow"}, 30, key=CLIENT_KEY
+            )
 
         caller = threading.Thread(target=slow_call, daemon=True)
         caller.start()

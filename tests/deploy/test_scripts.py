@@ -21,12 +21,14 @@ BUILD = REPO_ROOT / "scripts" / "build-container.sh"
 START = REPO_ROOT / "scripts" / "start-container.sh"
 GATEWAY_KEY = "fake-gateway-key-2222"
 BACKEND_KEY = "fake-backend-key-3333"
+CLIENT_KEY = "fake-client-key-4444"
 
 FAKE_ENGINE = """#!/usr/bin/env python3
 import json, os, sys
+watched = ("API_GATEWAY_", "AOAI_", "CHAT_")
 record = {
     "argv": sys.argv[1:],
-    "env": {k: os.environ.get(k) for k in ("API_GATEWAY_KEY", "AOAI_KEY_0")},
+    "env": {k: v for k, v in os.environ.items() if k.startswith(watched)},
 }
 with open(os.environ["FAKE_ENGINE_LOG"], "a") as log:
     log.write(json.dumps(record) + "\\n")
@@ -67,7 +69,11 @@ def config(tmp_path: Path) -> Path:
     path = tmp_path / "conf" / "api-router-config.json"
     path.parent.mkdir()
     uri = "https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21"
-    path.write_text(json.dumps({"endpoints": [{"uri": uri, "apikeyEnv": "AOAI_KEY_0"}]}))
+    document = {
+        "endpoints": [{"uri": uri, "apikeyEnv": "AOAI_KEY_0"}],
+        "clientKeys": [{"name": "chat-app", "keyEnv": "CHAT_APP_KEY"}],
+    }
+    path.write_text(json.dumps(document))
     path.chmod(0o644)
     return path
 
@@ -116,17 +122,30 @@ def test_start_needs_the_keys_the_config_names(
     assert calls(log) == []
 
 
+def test_start_needs_the_client_keys_the_config_names(
+    fake_engine: tuple[dict[str, str], Path], config: Path
+) -> None:
+    env, log = fake_engine
+    env.update(API_GATEWAY_KEY=GATEWAY_KEY, AOAI_KEY_0=BACKEND_KEY)
+    done = run([START, "--engine", "podman", "--config", config], env)
+    assert done.returncode == 1
+    assert "CHAT_APP_KEY is not set" in done.stderr
+    assert calls(log) == []
+
+
 def test_start_hands_secrets_over_by_name_only(
     fake_engine: tuple[dict[str, str], Path], config: Path
 ) -> None:
     env, log = fake_engine
     env.update(API_GATEWAY_KEY=GATEWAY_KEY, AOAI_KEY_0=BACKEND_KEY, API_GATEWAY_ENV="prod")
+    env.update(CHAT_APP_KEY=CLIENT_KEY, API_GATEWAY_CLIENT_KEYS=CLIENT_KEY)
+    env.update(API_GATEWAY_THREADS="64")
     cmd = [START, "--engine", "podman", "--config", config, "--port", "9000", "--name", "gw"]
     done = run([*cmd, "--replace"], env)
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
-    assert GATEWAY_KEY not in output
-    assert BACKEND_KEY not in output
+    for secret in (GATEWAY_KEY, BACKEND_KEY, CLIENT_KEY):
+        assert secret not in output
     assert "http://127.0.0.1:9000/api/v1/prod/apirouter/healthz" in output
     inspect, call = calls(log)
     assert inspect["argv"][:2] == ["container", "inspect"]
@@ -135,12 +154,13 @@ def test_start_hands_secrets_over_by_name_only(
     assert argv[-1] == "apirouter:latest"
     joined = " ".join(argv)
     # Secrets: named, never valued, on the command line; the engine gets them by environment.
-    assert GATEWAY_KEY not in joined
-    assert BACKEND_KEY not in joined
+    for secret in (GATEWAY_KEY, BACKEND_KEY, CLIENT_KEY):
+        assert secret not in joined
     envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
-    assert "API_GATEWAY_KEY" in envs
-    assert "AOAI_KEY_0" in envs
-    assert call["env"] == {"API_GATEWAY_KEY": GATEWAY_KEY, "AOAI_KEY_0": BACKEND_KEY}
+    by_name = ["API_GATEWAY_KEY", "AOAI_KEY_0", "CHAT_APP_KEY", "API_GATEWAY_CLIENT_KEYS"]
+    for name in [*by_name, "API_GATEWAY_THREADS"]:
+        assert name in envs
+        assert call["env"][name] == env[name]
     settings = dict(e.split("=", 1) for e in envs if "=" in e)
     assert settings["API_GATEWAY_CONFIG_FILE"] == "/etc/apirouter/api-router-config.json"
     assert settings["API_GATEWAY_NAME"] == "gw"
@@ -163,7 +183,7 @@ def test_start_hands_secrets_over_by_name_only(
 
 def test_start_on_the_host_network(fake_engine: tuple[dict[str, str], Path], config: Path) -> None:
     env, log = fake_engine
-    env.update(API_GATEWAY_KEY=GATEWAY_KEY, AOAI_KEY_0=BACKEND_KEY)
+    env.update(API_GATEWAY_KEY=GATEWAY_KEY, AOAI_KEY_0=BACKEND_KEY, CHAT_APP_KEY=CLIENT_KEY)
     done = run(
         [START, "--engine", "podman", "--config", config, "--host-network", "--port", "9100"],
         env,
@@ -174,3 +194,24 @@ def test_start_on_the_host_network(fake_engine: tuple[dict[str, str], Path], con
     assert argv[argv.index("--network") + 1] == "host"
     assert "--publish" not in argv
     assert "API_GATEWAY_PORT=9100" in argv
+
+
+def test_start_with_a_data_dir(
+    fake_engine: tuple[dict[str, str], Path], config: Path, tmp_path: Path
+) -> None:
+    env, log = fake_engine
+    env.update(API_GATEWAY_KEY=GATEWAY_KEY, AOAI_KEY_0=BACKEND_KEY, CHAT_APP_KEY=CLIENT_KEY)
+    env["API_GATEWAY_METRICS_HISTORY_FILE"] = "/elsewhere.jsonl"  # the script's own wins
+    data = tmp_path / "data"
+    data.mkdir(mode=0o777)
+    data.chmod(0o777)
+    done = run([START, "--engine", "podman", "--config", config, "--data-dir", data], env)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    (call,) = calls(log)
+    argv = call["argv"]
+    volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+    assert f"{data}:/var/lib/apirouter:rw" in volumes
+    envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert "API_GATEWAY_METRICS_HISTORY_FILE=/var/lib/apirouter/history.jsonl" in envs
+    assert "API_GATEWAY_METRICS_HISTORY_FILE" not in envs
