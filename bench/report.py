@@ -170,7 +170,7 @@ def targets(run: dict[str, Any]) -> list[tuple[str, str, str]]:
     if streams:
         big = max(streams, key=lambda r: r["calls"])
         ok = big["errors"] == 0 and big["starved"] == 0 and \
-            (big["peak_rss_mb"] or 0) < MAX_STREAM_RSS_MB
+            big["peak_rss_mb"] is not None and big["peak_rss_mb"] < MAX_STREAM_RSS_MB
         rows.append((f"{big['calls']} streamed calls: 0 errors, none starved, "
                      f"RSS < {MAX_STREAM_RSS_MB:g} MB",
                      f"{big['errors']} errors, {big['starved']} starved, "

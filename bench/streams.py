@@ -190,7 +190,8 @@ def through(gateway_url: str, gateway_pid: int, calls: int, shape: StreamShape,
         report = run_client(gateway_url, calls, shape, [], taskset)
     result = summarise("gateway", shape, report)
     result.server_cpu_ms_per_call = round((cpu_seconds(gateway_pid) - cpu0) * 1000 / calls, 2)
-    result.peak_rss_mb = round(status_fields(gateway_pid)["VmHWM"] / 1024, 1)
-    result.max_threads = sampler.max_threads
+    peak_kb = max(status_fields(gateway_pid)["VmHWM"], sampler.max_rss_kb)
+    result.peak_rss_mb = round(peak_kb / 1024, 1) if peak_kb else None  # None: it died
+    result.max_threads = sampler.max_threads or None
     time.sleep(0.5)  # let the gateway close the finished connections before the next level
     return result
