@@ -199,13 +199,13 @@ def next_steps(base: str) -> str:
     readiness = traffic.get_json(base, "readyz") or {}
     first = next((e for e in readiness.get("endpoints", []) if e.get("priority") == 0), {})
     wait = first.get("cooldownSeconds", 0.0)
-    cooling = (f"Primary is cooling down for {wait:.0f} s more (the retry-after it sent); "
-               "until then calls skip it. After that, run" if wait else "Run")
+    cooling = [f"Primary is cooling down for {wait:.0f} s more (the retry-after it sent); "
+               "until then calls skip it.",
+               "After that, send another burst: primary serves first again, until throttled:"]
     seconds = float(INTERVAL_MINUTES) * 60
     return "\n".join([
-        f"{cooling}",
+        *(cooling if wait else ["Send another burst:"]),
         f"  {traffic_command(base)}",
-        "again: primary serves first again, until it is throttled again.",
         f"Metrics history gets one entry every {seconds:.0f} s "
         f"(API_GATEWAY_METRICS_CINTERVAL={INTERVAL_MINUTES}):",
         f"  curl -s {base}/metrics",
