@@ -43,6 +43,7 @@ CONFIG_SIM_PORT = 8080  # the port api-router-config.json points at
 DEMO_KEY = "demo-key-not-a-secret"
 INTERVAL_MINUTES = "0.5"
 STARTUP_SECONDS = 30.0
+BURST_CONCURRENCY = 4
 SHUTDOWN_GRACE = 3.0  # seconds; a stream left open by curl -N must not hold Ctrl-C for long
 
 _console = threading.Lock()
@@ -181,11 +182,11 @@ def traffic_command(base: str) -> str:
 def curl_lines(base: str) -> str:
     """The calls to try by hand."""
     chat = '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":20'
-    post = f"curl -si {base}/lb -H 'content-type: application/json'"
+    json_type = "-H 'content-type: application/json'"
     return "\n".join([
         "Try it by hand:",
-        f"  {post} -d '{chat}}}'",
-        f"  curl -N {base}/lb -H 'content-type: application/json' -d '{chat},\"stream\":true}}'",
+        f"  curl -si {base}/lb {json_type} -d '{chat}}}'",
+        f"  curl -N {base}/lb {json_type} -d '{chat},\"stream\":true}}'",
         f"  curl -s {base}/metrics",
         f"  curl -s {base}/instanceinfo",
         f"  curl -s {base}/healthz",
@@ -250,9 +251,9 @@ def run_demo(args: argparse.Namespace, workdir: Path,
     say(f"demo: gateway ready at {base}")
 
     if not args.no_burst:
-        say(f"\ndemo: sending a burst of {args.calls} calls (4 at a time, max_tokens "
-            f"{args.max_tokens}) through {base}/lb ...")
-        burst = traffic.run_burst(base, args.calls, 4, args.max_tokens)
+        say(f"\ndemo: sending a burst of {args.calls} calls ({BURST_CONCURRENCY} at a time, "
+            f"max_tokens {args.max_tokens}) through {base}/lb ...")
+        burst = traffic.run_burst(base, args.calls, BURST_CONCURRENCY, args.max_tokens)
         pump.wait_quiet()
         endpoints = traffic.endpoint_map(base) or {}
         say("\nBurst summary\n" + traffic.report(base, burst, endpoints))
