@@ -197,6 +197,7 @@ class Interval:
     """One closed interval of one endpoint."""
 
     instance: str
+    source: str  # the gateway process (pod or host) whose collector closed it
     endpoint: str
     priority: int
     start: datetime
@@ -207,10 +208,10 @@ class Interval:
     latency_ms: float  # mean over ``calls``
 
 
-def _interval(instance: str, endpoint: str, priority: int, entry: Mapping[str, Any],
-              minutes: float) -> Interval:
+def _interval(instance: str, source: str, endpoint: str, priority: int,
+              entry: Mapping[str, Any], minutes: float) -> Interval:
     metrics = entry["collectedMetrics"]
-    return Interval(instance=instance, endpoint=endpoint, priority=int(priority),
+    return Interval(instance=instance, source=source, endpoint=endpoint, priority=int(priority),
                     start=datetime.fromisoformat(entry["collectionTime"]).astimezone(UTC),
                     minutes=float(minutes),
                     calls=int(metrics["noOfApiCalls"]), failed=int(metrics["noOfFailedCalls"]),
@@ -224,7 +225,7 @@ def intervals_from_metrics(document: Mapping[str, Any], where: str = "metrics",
     try:
         minutes = float(minutes or document["collectionInterval"])
         instance = str(document.get("instanceName", ""))
-        return [_interval(instance, e["endpoint"], e["priority"], entry, minutes)
+        return [_interval(instance, instance, e["endpoint"], e["priority"], entry, minutes)
                 for e in document["endpointMetrics"]
                 for entry in e["metrics"]["history"].values()]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -241,8 +242,9 @@ def intervals_from_history(lines: Iterable[str], where: str = "history",
             continue
         try:
             entry = json.loads(line)
-            found.append(_interval(str(entry.get("instanceName", "")), entry["endpoint"],
-                                   entry["priority"], entry,
+            instance = str(entry.get("instanceName", ""))
+            found.append(_interval(instance, str(entry.get("source") or instance),
+                                   entry["endpoint"], entry["priority"], entry,
                                    minutes or entry["intervalMinutes"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}:{number}: not a history entry "
@@ -251,8 +253,8 @@ def intervals_from_history(lines: Iterable[str], where: str = "history",
 
 
 def unique(intervals: Iterable[Interval]) -> list[Interval]:
-    """One interval per (instance, endpoint, start), oldest first: saved files overlap."""
-    kept = {(i.instance, i.endpoint, i.start): i for i in intervals}
+    """One interval per (endpoint, start), oldest first: saved files overlap; the last wins."""
+    kept = {(i.endpoint, i.start): i for i in intervals}
     return sorted(kept.values(), key=lambda i: (i.start, i.priority))
 
 
@@ -322,20 +324,38 @@ def _sized(row: Row, model: ModelThroughput, output_share: float) -> Row:
                    ptu_p95=p95_deploy, ptu_peak_needed=round(peak, 2), ptu_peak=peak_deploy)
 
 
-def _combined(intervals: list[Interval]) -> list[Interval]:
-    """Per instance and window, the sum over endpoints (all close their windows together)."""
-    groups: dict[tuple[str, datetime], list[Interval]] = defaultdict(list)
+def _aligned(intervals: list[Interval]) -> list[Interval]:
+    """The intervals summed per window of one grid: over endpoints and gateway processes.
+
+    A process closes every endpoint's window at once, one interval apart, with a phase of its
+    own; so do the other pods of a deployment, and the same pod after a restart. Per source, a
+    run of windows whole intervals apart keeps the phase of its first window ``a``: its window
+    ``j`` is window ``floor(a / I) + j`` of the grid. Windows of different processes that
+    share a grid window overlap in time and are added up; one process never fills a grid
+    window twice, whatever the jitter of its closings.
+    """
+    by_source: dict[str, list[Interval]] = defaultdict(list)
     for i in intervals:
-        groups[(i.instance, i.start)].append(i)
-    combined = []
-    for (instance, start), members in groups.items():
-        calls = sum(m.calls for m in members)
-        combined.append(Interval(
-            instance=instance, endpoint="", priority=0, start=start,
-            minutes=max(m.minutes for m in members), calls=calls,
-            failed=sum(m.failed for m in members), tokens=sum(m.tokens for m in members),
-            latency_ms=sum(m.latency_ms * m.calls for m in members) / calls if calls else 0.0))
-    return sorted(combined, key=lambda i: i.start)
+        by_source[i.source].append(i)
+    windows: dict[int, list[Interval]] = defaultdict(list)
+    for members in by_source.values():
+        anchor: float | None = None
+        for i in sorted(members, key=lambda i: i.start):
+            t, length = i.start.timestamp(), i.minutes * 60
+            if anchor is None or abs((t - anchor) / length - round((t - anchor) / length)) > 0.25:
+                anchor = t  # not whole intervals after the run's first window: a new phase
+            windows[math.floor(anchor / length) + round((t - anchor) / length)].append(i)
+    return [_merged(members) for _, members in sorted(windows.items())]
+
+
+def _merged(members: list[Interval]) -> Interval:
+    calls = sum(m.calls for m in members)
+    return Interval(
+        instance=", ".join(sorted({m.instance for m in members})), source="", endpoint="",
+        priority=0, start=min(m.start for m in members),
+        minutes=max(m.minutes for m in members), calls=calls,
+        failed=sum(m.failed for m in members), tokens=sum(m.tokens for m in members),
+        latency_ms=sum(m.latency_ms * m.calls for m in members) / calls if calls else 0.0)
 
 
 def _iso(moment: datetime) -> str:
@@ -360,8 +380,9 @@ ASSUMPTIONS = [
     "An endpoint's model comes from the configuration's capacity.endpointModels, else a model "
     "named in its deployment name, else the 'default' row (gpt-4o's figures unless "
     "overridden).",
-    "Instance and per-model rows add up the endpoints' intervals that closed together; the "
-    "instance's PTUs are the sum of one deployment per model.",
+    "Per-model and instance rows add up the endpoints' intervals window by window, and every "
+    "row adds up the gateway processes (pods) whose history is given, each process's windows "
+    "placed on one grid; the instance's PTUs are the sum of one deployment per model.",
     "Failures are noOfFailedCalls: throttled (429) and failed calls together (the history "
     "does not tell them apart), so failedShare is an upper bound of the 429 share.",
 ]
@@ -391,18 +412,18 @@ def build_report(intervals: Iterable[Interval], planning: Planning,
         models_of[uri] = model
         row = Row(scope="endpoint", name=uri, priority=priority[uri],
                   deployment=deployment_name(uri), model=model, model_source=source)
-        rows.append(_sized(_summarize(row, by_endpoint[uri]), planning.table[model],
+        rows.append(_sized(_summarize(row, _aligned(by_endpoint[uri])), planning.table[model],
                            planning.output_share))
     models = sorted(set(models_of.values()))
     model_rows = []
     for model in models:
         members = [i for i in intervals if models_of[i.endpoint] == model]
-        row = _summarize(Row(scope="model", name=model, model=model), _combined(members))
+        row = _summarize(Row(scope="model", name=model, model=model), _aligned(members))
         model_rows.append(_sized(row, planning.table[model], planning.output_share))
     instances = sorted({i.instance for i in intervals})
     name = instance or ", ".join(instances)
     total = _summarize(Row(scope="instance", name=name, model=", ".join(models)),
-                       _combined(intervals))
+                       _aligned(intervals))
     if len(model_rows) == 1:
         total = _sized(total, planning.table[models[0]], planning.output_share)
     else:
@@ -413,18 +434,18 @@ def build_report(intervals: Iterable[Interval], planning: Planning,
                         ptu_peak=sum(r.ptu_peak for r in model_rows))
         rows.extend(model_rows)
     rows.append(total)
-    warnings = []
-    if len(instances) > 1:
-        warnings.append(f"the history comes from {len(instances)} gateway instances "
-                        f"({', '.join(instances)}); their windows are not aligned, so each "
-                        "interval is one instance's traffic, not the sum over instances")
     minutes = sorted({i.minutes for i in intervals})
+    warnings = []
+    if len(minutes) > 1:
+        warnings.append(f"the inputs mix interval lengths ({minutes} min): windows of "
+                        "different lengths are added up as if they were the same")
     return {
         "instanceName": name,
         "generatedAt": _iso(datetime.now(UTC)),
         "intervalMinutes": minutes[0] if len(minutes) == 1 else minutes,
         "from": _iso(intervals[0].start) if intervals else None,
         "to": _iso(intervals[-1].start) if intervals else None,
+        "sources": sorted({i.source for i in intervals}),
         "deploymentType": planning.deployment_type,
         "outputShare": planning.output_share,
         "rows": [_camel(r) for r in rows],

@@ -3,7 +3,8 @@
 The history in memory is bounded by API_GATEWAY_METRICS_CHISTORY and lost on restart; this
 file keeps it for capacity planning (``python -m gateway_app.capacity --history FILE``). One
 line per endpoint and interval: the sink's entry (endpoint, priority, collectionTime,
-collectedMetrics) plus instanceName and intervalMinutes, so a line stands on its own.
+collectedMetrics) plus instanceName, source (the pod or host, so the report can add up several
+pods' files window by window) and intervalMinutes, so a line stands on its own.
 
 It runs on the collector thread, never on a call's. An I/O error is logged once (and once
 more when writing works again), never raised: capacity data is not worth failing over.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,9 +28,10 @@ class HistoryFile:
     """Appends closed intervals to ``path``; past ``max_bytes`` it moves it to ``path.1``."""
 
     def __init__(self, path: str, instance: str, interval_minutes: float,
-                 max_bytes: int = 0) -> None:
+                 max_bytes: int = 0, source: str = "") -> None:
         self.path = path
         self.instance = instance
+        self.source = source or socket.gethostname()
         self.interval_minutes = interval_minutes
         self.max_bytes = max_bytes
         self.failing = False
@@ -36,11 +39,12 @@ class HistoryFile:
     @classmethod
     def from_settings(cls, settings: Settings) -> HistoryFile:
         return cls(settings.metrics_history_file, settings.name,
-                   settings.metrics_interval_minutes, settings.metrics_history_file_max_bytes)
+                   settings.metrics_interval_minutes, settings.metrics_history_file_max_bytes,
+                   source=settings.pod_name)
 
     def line(self, entry: Mapping[str, Any]) -> str:
-        record = {"instanceName": self.instance, "intervalMinutes": self.interval_minutes,
-                  **entry}
+        record = {"instanceName": self.instance, "source": self.source,
+                  "intervalMinutes": self.interval_minutes, **entry}
         return json.dumps(record, separators=(",", ":")) + "\n"
 
     def __call__(self, entries: Sequence[Mapping[str, Any]]) -> None:

@@ -200,6 +200,38 @@ def test_overlapping_inputs_are_merged():
     assert rows_by_scope(report)["endpoint"][0]["intervals"] == 5
 
 
+def pod_history(source: str, starts: list[float], tokens: list[int]) -> list[str]:
+    """History lines of one gateway process: one endpoint, one-minute windows at ``starts``."""
+    sink = HistoryFile("unused", "gw-1", 1.0, source=source)
+    return [sink.line({"endpoint": AZURE.format("gpt-4o"), "priority": 0,
+                       **IntervalCounters(api_calls=1, tokens=n).history_entry(start)})
+            for start, n in zip(starts, tokens, strict=True)]
+
+
+def test_several_pods_are_added_up_window_by_window():
+    # two pods of one gateway (same name), windows 20 s out of phase
+    pod_a = pod_history("pod-a", [T0 + 60 * k for k in range(5)], [1000, 1000, 9000, 1000, 1000])
+    pod_b = pod_history("pod-b", [T0 + 20 + 60 * k for k in range(5)],
+                        [2000, 2000, 2000, 8000, 2000])
+    report = build_report(intervals_from_history(pod_a + pod_b), Planning())
+    assert report["sources"] == ["pod-a", "pod-b"] and report["instanceName"] == "gw-1"
+    rows = rows_by_scope(report)
+    for row in rows["endpoint"] + rows["instance"]:
+        assert row["intervals"] == 5 and row["calls"] == 10
+        assert (row["tpmPeak"], row["tpmAvg"]) == (11_000.0, 5800.0)
+        assert row["peakInterval"].startswith("2026-01-01T00:02:00")
+
+
+def test_jitter_and_restarts_never_put_two_windows_of_a_pod_together():
+    # closings a few milliseconds early or late, around a whole minute
+    jittery = [T0 - 0.01 + 60 * k + (0.02 if k % 2 else -0.02) for k in range(6)]
+    # a restart: two windows, then a new phase 30 s off
+    restarted = [T0 + 600, T0 + 660, T0 + 750, T0 + 810]
+    lines = pod_history("pod-a", jittery + restarted, [1000] * 10)
+    row = rows_by_scope(build_report(intervals_from_history(lines), Planning()))["instance"][0]
+    assert (row["intervals"], row["tpmPeak"]) == (10, 1000.0)
+
+
 # --- the history file ------------------------------------------------------------------------
 
 def closing(n: int, uri: str = AZURE.format("gpt-4o")) -> list[dict[str, Any]]:
@@ -218,6 +250,7 @@ def test_history_file_appends_lines_that_read_back(tmp_path):
     first = json.loads(lines[0])
     assert (first["instanceName"], first["intervalMinutes"], first["priority"]) == (
         "gw-1", 1.0, 0)
+    assert first["source"]  # the host name when no pod name is given
     assert first["collectedMetrics"]["noOfApiCalls"] == 2
     intervals = intervals_from_history(lines, str(path))
     assert [i.tokens for i in intervals] == [3000.0, 3000.0]
