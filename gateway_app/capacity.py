@@ -389,12 +389,13 @@ ASSUMPTIONS = [
 
 
 def build_report(intervals: Iterable[Interval], planning: Planning,
-                 endpoints: Iterable[tuple[str, int]] = (),
-                 instance: str = "") -> dict[str, Any]:
+                 endpoints: Iterable[tuple[str, int]] = (), instance: str = "",
+                 interval_minutes: float | None = None) -> dict[str, Any]:
     """The capacity report: rows per endpoint, per model (when several) and the instance.
 
     ``endpoints`` lists (uri, priority) of endpoints to show even without history (the live
-    configuration); the others come from the intervals.
+    configuration); the others come from the intervals. ``interval_minutes`` is reported
+    when there are no intervals to tell it.
     """
     intervals = unique(intervals)
     by_endpoint: dict[str, list[Interval]] = defaultdict(list)
@@ -434,7 +435,7 @@ def build_report(intervals: Iterable[Interval], planning: Planning,
                         ptu_peak=sum(r.ptu_peak for r in model_rows))
         rows.extend(model_rows)
     rows.append(total)
-    minutes = sorted({i.minutes for i in intervals})
+    minutes = sorted({i.minutes for i in intervals}) or [interval_minutes]
     warnings = []
     if len(minutes) > 1:
         warnings.append(f"the inputs mix interval lengths ({minutes} min): windows of "
@@ -463,7 +464,8 @@ def live_report(metrics_document: Mapping[str, Any], section: Mapping[str, Any] 
     intervals = intervals_from_metrics(metrics_document)
     endpoints = [(e["endpoint"], e["priority"]) for e in metrics_document["endpointMetrics"]]
     return build_report(intervals, Planning.from_section(section), endpoints,
-                        instance=metrics_document.get("instanceName", ""))
+                        instance=metrics_document.get("instanceName", ""),
+                        interval_minutes=metrics_document.get("collectionInterval"))
 
 
 # --- output: a readable table and CSV ------------------------------------------------------
@@ -580,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one --metrics or --history file")
     if args.output_share is not None and not 0 <= args.output_share <= 1:
         parser.error("--output-share must be between 0 and 1")
+    if args.interval is not None and not args.interval > 0:
+        parser.error("--interval must be a positive number of minutes")
     try:
         section = _read_section(args.config) if args.config else None
         intervals = _load_inputs(args)

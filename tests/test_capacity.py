@@ -185,9 +185,11 @@ def test_report_with_several_models_sums_one_deployment_per_model():
 
 def test_endpoint_without_history_is_listed_with_zeros():
     doc = metrics_document({AZURE.format("gpt-4o"): []})
-    rows = rows_by_scope(live_report(doc, None))
+    report = live_report(doc, None)
+    rows = rows_by_scope(report)
     assert rows["endpoint"][0]["intervals"] == 0 and rows["endpoint"][0]["ptuPeak"] == 0
     assert rows["instance"][0]["calls"] == 0
+    assert (report["intervalMinutes"], report["from"], report["to"]) == (1.0, None, None)
 
 
 def test_overlapping_inputs_are_merged():
@@ -394,6 +396,8 @@ def test_cli_json_and_options(tmp_path):
 def test_cli_errors(tmp_path):
     done = run_cli()
     assert done.returncode == 2 and "--metrics or --history" in done.stderr
+    done = run_cli("--history", "x.jsonl", "--interval", "0")
+    assert done.returncode == 2 and "--interval" in done.stderr
     broken = tmp_path / "broken.json"
     broken.write_text('{"endpointMetrics": 3}')
     done = run_cli("--metrics", str(broken))
