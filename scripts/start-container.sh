@@ -34,9 +34,9 @@ Options:
 
 Environment read from this shell (export the variables first):
   API_GATEWAY_KEY                required: the key that /reconfig/{key} asks for
-  <each apikeyEnv and keyEnv>    required: every variable FILE names for an endpoint's key
-                                 or a client key (needs python3 to read FILE; otherwise
-                                 name them with --key-env)
+  <each apikeyEnv and keyEnv>    required: every variable FILE names for a key (endpoints,
+                                 backends of deployments, clientKeys); needs python3 to
+                                 read FILE, otherwise name them with --key-env
   API_GATEWAY_NAME               default: the container name
   API_GATEWAY_ENV                default: dev
   API_GATEWAY_METRICS_CINTERVAL  default: 60 (minutes)
@@ -123,9 +123,14 @@ import json, sys
 with open(sys.argv[1], encoding="utf-8") as f:
     cfg = json.load(f)
 cfg = cfg if isinstance(cfg, dict) else {}
-for section, field in (("endpoints", "apikeyEnv"), ("clientKeys", "keyEnv")):
-    entries = cfg.get(section)
-    for entry in entries if isinstance(entries, list) else []:
+def lists(value):
+    return value if isinstance(value, list) else []
+pools = cfg.get("deployments")
+backends = [b for p in (pools.values() if isinstance(pools, dict) else [])
+            if isinstance(p, dict) for b in lists(p.get("backends"))]
+for entries, field in ((lists(cfg.get("endpoints")), "apikeyEnv"), (backends, "apikeyEnv"),
+                       (lists(cfg.get("clientKeys")), "keyEnv")):
+    for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get(field), str):
             print(entry[field])
 PY

@@ -33,6 +33,7 @@ HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tra
 SIM_KEY = "sim-key-openapi"
 CLIENT_KEY = "client-key-openapi-1"
 CHAT = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 5}
+POOL = "gpt-4o"  # the pool's name in the document's examples
 
 
 def load_document() -> dict[str, Any]:
@@ -58,6 +59,20 @@ def document_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
     """(METHOD, path) of every operation in the document."""
     return {(method.upper(), path) for path, item in doc["paths"].items()
             for method in HTTP_METHODS if method in item}
+
+
+def template_of(route: str) -> str:
+    """The document's path for a route as a test calls it (``lb``, ``/v1/models`` ...)."""
+    path = route.split("?")[0]
+    if not path.startswith("/"):
+        path = f"{PREFIX}/{path}"
+    for pattern, template in ((r"/reconfig/.+$", "/reconfig/{key}"),
+                              (r"/dashboard/.+$", "/dashboard/{name}"),
+                              (r"^/openai/deployments/[^/]+/.+$",
+                               "/openai/deployments/{name}/{operation}"),
+                              (r"^/v1/(?!models$).+$", "/v1/{operation}")):
+        path = re.sub(pattern, template, path)
+    return path
 
 
 def media_type(response: requests.Response) -> str:
@@ -146,6 +161,18 @@ def sim_endpoint(server: SimulatorServer, operation: str = "chat/completions",
                  apikey: str = SIM_KEY) -> dict[str, str]:
     uri = f"{server.url}/openai/deployments/gpt/{operation}?api-version=2024-10-21"
     return {"uri": uri, "apikey": apikey}
+
+
+def start_pooled(start_gateway: Callable[..., Any], folder: Path, server: SimulatorServer,
+                 env: dict[str, str] | None = None) -> RunningGateway:
+    """A gateway whose configuration has the simulator both as an /lb endpoint and as the pool
+    ``POOL`` of the Azure-style and /v1 routes."""
+    config = folder / "pooled-config.json"
+    config.write_text(json.dumps({
+        "endpoints": [sim_endpoint(server)],
+        "deployments": {POOL: {"backends": [{"endpoint": server.url, "deployment": "gpt",
+                                             "apikey": SIM_KEY}]}}}))
+    return start_gateway([], env={**(env or {}), "API_GATEWAY_CONFIG_FILE": str(config)})
 
 
 # --- the document itself ------------------------------------------------------------------
@@ -238,22 +265,23 @@ def test_the_gateway_serves_the_document_under_its_prefix(fake: Callable[..., Fa
 # --- the document and real answers --------------------------------------------------------
 
 def test_real_answers_are_the_documented_ones(document: Document, simulator: SimulatorServer,
-                                              start_gateway: Callable[..., Any]) -> None:
+                                              start_gateway: Callable[..., Any],
+                                              tmp_path: Path) -> None:
     """Every operation, its success and its errors, against a gateway with client keys in
     front of the simulator."""
-    gw: RunningGateway = start_gateway(
-        [sim_endpoint(simulator)],
-        env={"API_GATEWAY_CLIENT_KEYS": CLIENT_KEY, "API_GATEWAY_RECONFIG_MAX_FAILURES": "2",
-             "API_GATEWAY_MAX_BODY_BYTES": "4096"})
+    gw = start_pooled(start_gateway, tmp_path, simulator, env={
+        "API_GATEWAY_CLIENT_KEYS": CLIENT_KEY, "API_GATEWAY_RECONFIG_MAX_FAILURES": "2",
+        "API_GATEWAY_MAX_BODY_BYTES": "4096"})
     keyed = requests.Session()
     keyed.headers["api-key"] = CLIENT_KEY
+    anonymous = requests.Session()
 
     def call(method: str, route: str, session: requests.Session = keyed,
              **kwargs: Any) -> requests.Response:
-        response = session.request(method, f"{gw.url}/{route}", timeout=30, **kwargs)
-        path = PREFIX + "/" + re.sub(r"^reconfig/.+", "reconfig/{key}",
-                                     re.sub(r"^dashboard/.+", "dashboard/{name}", route))
-        document.check(method, path, response)
+        """Call ``route`` (under the prefix, or from the root when it starts with /)."""
+        url = f"{gw.base}{route}" if route.startswith("/") else f"{gw.url}/{route}"
+        response = session.request(method, url, timeout=30, **kwargs)
+        document.check(method, template_of(route), response)
         if response.status_code >= 400:
             assert is_error_shape(response.json()), (route, response.text)
         return response
@@ -267,16 +295,41 @@ def test_real_answers_are_the_documented_ones(document: Document, simulator: Sim
     assert call("POST", "lb", json=[CHAT]).status_code == 400
     assert call("POST", "lb", json={"prompt": "no messages"}).status_code == 400  # relayed
     assert call("POST", "lb", data=b" " * 5000).status_code == 413
-    assert call("POST", "lb", json=CHAT, session=requests.Session()).status_code == 401
+    assert call("POST", "lb", json=CHAT, session=anonymous).status_code == 401
     for route in ("instanceinfo", "metrics", "prometheus", "capacity", "healthz", "readyz",
-                  "openapi.yaml", "openapi.json"):
+                  "openapi.yaml", "openapi.json", "/v1/models"):
         assert call("GET", route).status_code == 200, route
     for route in ("instanceinfo", "metrics", "prometheus", "capacity", "dashboard",
-                  "openapi.json"):
-        assert call("GET", route, session=requests.Session()).status_code == 401, route
-    assert call("GET", "healthz", session=requests.Session()).status_code == 200
-    assert call("GET", "dashboard").status_code in (200, 404)  # 404 until its page ships
+                  "openapi.json", "/v1/models"):
+        assert call("GET", route, session=anonymous).status_code == 401, route
+    assert call("GET", "healthz", session=anonymous).status_code == 200
+    assert call("GET", "dashboard").status_code == 200
+    for asset in ("dashboard.js", "dashboard.css"):
+        assert call("GET", f"dashboard/{asset}").status_code == 200, asset
     assert call("GET", "dashboard/no-such-file.js").status_code == 404
+    assert call("GET", "dashboard/..%2Fopenapi.yaml").status_code == 404
+
+    azure = f"/openai/deployments/{POOL}/chat/completions?api-version=2024-10-21"
+    r = call("POST", azure, json=CHAT)
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    r = call("POST", azure, json={**CHAT, "stream": True})
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+    r = call("POST", f"/openai/deployments/{POOL}/embeddings?api-version=2024-10-21",
+             json={"input": "hello", "dimensions": 4})
+    assert r.status_code == 200 and r.json()["object"] == "list"
+    assert call("POST", "/openai/deployments/no-such-pool/chat/completions"
+                        "?api-version=2024-10-21", json=CHAT).status_code == 404
+    assert call("POST", azure, json=CHAT, session=anonymous).status_code == 401
+    r = call("POST", "/v1/chat/completions", json={**CHAT, "model": POOL})
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    r = call("POST", "/v1/embeddings", json={"model": POOL, "input": ["a", "b"]})
+    assert r.status_code == 200 and len(r.json()["data"]) == 2
+    assert call("POST", "/v1/chat/completions", json=CHAT).status_code == 400  # no model
+    assert call("POST", "/v1/chat/completions", json={**CHAT, "model": "nope"}).status_code == 404
+    assert call("POST", "/v1/images/generations", json={"model": POOL}).status_code == 404
+    models = call("GET", "/v1/models").json()
+    assert [m["id"] for m in models["data"]] == [POOL]
+
     assert call("GET", f"reconfig/{GATEWAY_KEY}").status_code == 200
     assert call("POST", "reconfig", headers={"x-api-gateway-key": GATEWAY_KEY}).status_code == 200
     gw.config_file.write_text(json.dumps({"endpoints": [{"uri": "not a url", "apikey": "k"}]}))

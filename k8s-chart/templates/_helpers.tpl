@@ -97,8 +97,9 @@ The configuration file and the backend keys taken out of it, as JSON:
 {"config": <file with every inline key replaced by the name of a variable>,
  "keys": {<variable name>: <key>}}.
 The "apikey" of endpoint i becomes the variable APIROUTER_ENDPOINT_<i>_KEY (an "apikeyEnv"),
-the "key" of client key i becomes APIROUTER_CLIENT_<i>_KEY (a "keyEnv"); both are stored in
-the chart's Secret, so no key is ever written into the ConfigMap.
+that of backend j of pool NAME under "deployments" APIROUTER_POOL_<NAME>_<j>_KEY, and the
+"key" of client key i APIROUTER_CLIENT_<i>_KEY (a "keyEnv"); all are stored in the chart's
+Secret, so no key is ever written into the ConfigMap.
 */}}
 {{- define "apirouter.config" -}}
 {{- $file := .Values.config.file }}
@@ -111,17 +112,26 @@ the chart's Secret, so no key is ever written into the ConfigMap.
 {{- fail (printf "config.file is not valid JSON: %s" (get $cfg "Error")) }}
 {{- end }}
 {{- else }}
-{{- $_ := set $cfg "endpoints" (deepCopy (.Values.config.endpoints | default list)) }}
+{{- with .Values.config.endpoints }}
+{{- $_ := set $cfg "endpoints" (deepCopy .) }}
+{{- end }}
+{{- with .Values.config.deployments }}
+{{- $_ := set $cfg "deployments" (deepCopy .) }}
+{{- end }}
 {{- with .Values.config.clientKeys }}
 {{- $_ := set $cfg "clientKeys" (deepCopy .) }}
 {{- end }}
 {{- end }}
-{{- $endpoints := get $cfg "endpoints" }}
+{{- $endpoints := get $cfg "endpoints" | default list }}
+{{- $pools := get $cfg "deployments" | default dict }}
 {{- if not (kindIs "slice" $endpoints) }}
-{{- fail "the configuration needs an \"endpoints\" list" }}
+{{- fail "the configuration's \"endpoints\" must be a list" }}
 {{- end }}
-{{- if not $endpoints }}
-{{- fail "the configuration has no endpoint: set config.endpoints, config.file or config.existingConfigMap" }}
+{{- if not (kindIs "map" $pools) }}
+{{- fail "the configuration's \"deployments\" must be a map of pools" }}
+{{- end }}
+{{- if and (not $endpoints) (not $pools) }}
+{{- fail "the configuration has no endpoint and no deployments: set config.endpoints, config.deployments, config.file or config.existingConfigMap" }}
 {{- end }}
 {{- $keys := dict }}
 {{- $out := list }}
@@ -143,7 +153,38 @@ the chart's Secret, so no key is ever written into the ConfigMap.
 {{- end }}
 {{- $out = append $out $ep }}
 {{- end }}
+{{- if hasKey $cfg "endpoints" }}
 {{- $_ := set $cfg "endpoints" $out }}
+{{- end }}
+{{- $outPools := dict }}
+{{- range $pool, $spec := $pools }}
+{{- if not (and (kindIs "map" $spec) (kindIs "slice" (get $spec "backends"))) }}
+{{- fail (printf "config deployments.%s needs a \"backends\" list" $pool) }}
+{{- end }}
+{{- $backends := list }}
+{{- range $j, $backend := get $spec "backends" }}
+{{- if not (kindIs "map" $backend) }}
+{{- fail (printf "config deployments.%s.backends %d is not a map" $pool $j) }}
+{{- end }}
+{{- if hasKey $backend "apikey" }}
+{{- if $.Values.existingSecret }}
+{{- fail (printf "config deployments.%s.backends %d has an inline apikey, but existingSecret is set: put the key in that Secret and name it with apikeyEnv" $pool $j) }}
+{{- end }}
+{{- $var := printf "APIROUTER_POOL_%s_%d_KEY" (regexReplaceAll "[^A-Z0-9]" (upper $pool) "_") $j }}
+{{- if hasKey $keys $var }}
+{{- fail (printf "config deployments: two pools map to the variable %s; rename one, or use apikeyEnv" $var) }}
+{{- end }}
+{{- $_ := set $keys $var (toString (get $backend "apikey")) }}
+{{- $backend = omit $backend "apikey" }}
+{{- $_ := set $backend "apikeyEnv" $var }}
+{{- end }}
+{{- $backends = append $backends $backend }}
+{{- end }}
+{{- $_ := set $outPools $pool (merge (dict "backends" $backends) (omit $spec "backends")) }}
+{{- end }}
+{{- if $pools }}
+{{- $_ := set $cfg "deployments" $outPools }}
+{{- end }}
 {{- if hasKey $cfg "clientKeys" }}
 {{- $clients := get $cfg "clientKeys" }}
 {{- if not (kindIs "slice" $clients) }}

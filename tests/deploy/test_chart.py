@@ -342,7 +342,16 @@ def test_inline_keys_move_into_the_secret(all_on_objects: dict[str, dict]) -> No
         "CHAT_APP_KEY": "fake-client-key-chat",
         "APIROUTER_ENDPOINT_1_KEY": "fake-inline-key-moved-to-secret",
         "APIROUTER_CLIENT_1_KEY": "fake-inline-client-key",
+        "APIROUTER_POOL_GPT_4O_1_KEY": "fake-inline-pool-key",
     }
+    pool = config["deployments"]["gpt-4o"]
+    assert pool["apiVersion"] == "2024-10-21"
+    assert [b.get("apikeyEnv") for b in pool["backends"]] == [
+        "AOAI_KEY_0",
+        "APIROUTER_POOL_GPT_4O_1_KEY",
+    ]
+    assert all("apikey" not in b for b in pool["backends"])
+    assert pool["backends"][1]["weight"] == 2
 
 
 def test_whole_config_file_keeps_its_fields(chart_tools: ChartTools) -> None:
@@ -357,6 +366,16 @@ def test_whole_config_file_keeps_its_fields(chart_tools: ChartTools) -> None:
     assert keys["APIROUTER_ENDPOINT_0_KEY"] == "fake-inline-key-one"
     assert keys["APIROUTER_ENDPOINT_1_KEY"] == "fake-inline-key-two"
     assert keys["APIROUTER_CLIENT_0_KEY"] == "fake-inline-client-key"
+
+
+def test_pools_without_endpoints(chart_tools: ChartTools) -> None:
+    pool = "config.deployments.gpt-4o.backends[0]"
+    sets = ["config.endpoints=null", f"{pool}.endpoint=https://e.openai.azure.com"]
+    sets += [f"{pool}.deployment=gpt-4o", f"{pool}.apikeyEnv=AOAI_KEY_0"]
+    objects = by_kind(load(chart_tools, render(chart_tools, None, *sets)))
+    config = json.loads(objects["ConfigMap"]["data"]["api-router-config.json"])
+    assert "endpoints" not in config
+    assert config["deployments"]["gpt-4o"]["backends"][0]["apikeyEnv"] == "AOAI_KEY_0"
 
 
 def test_existing_secret_and_configmap(chart_tools: ChartTools) -> None:
@@ -467,7 +486,7 @@ def test_numbers_keep_their_form(chart_tools: ChartTools) -> None:
     ("sets", "message"),
     [
         (["terminationGracePeriodSeconds=20"], "must exceed preStopSleepSeconds + shutdownGrace"),
-        (["config.endpoints=null"], "no endpoint"),
+        (["config.endpoints=null"], "no endpoint and no deployments"),
         (["config.file=not json"], "config.file is not valid JSON"),
         (
             [

@@ -133,6 +133,21 @@ def test_start_needs_the_client_keys_the_config_names(
     assert calls(log) == []
 
 
+def test_start_needs_the_pool_keys_the_config_names(
+    fake_engine: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    env, log = fake_engine
+    env["API_GATEWAY_KEY"] = GATEWAY_KEY
+    backend = {"endpoint": "https://e.openai.azure.com", "deployment": "d", "apikeyEnv": "POOL_K"}
+    path = tmp_path / "pools.json"
+    path.write_text(json.dumps({"deployments": {"d": {"backends": [backend]}}}))
+    path.chmod(0o644)
+    done = run([START, "--engine", "podman", "--config", path], env)
+    assert done.returncode == 1
+    assert "POOL_K is not set" in done.stderr
+    assert calls(log) == []
+
+
 def test_start_hands_secrets_over_by_name_only(
     fake_engine: tuple[dict[str, str], Path], config: Path
 ) -> None:
