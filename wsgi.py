@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway_app.server import serve
 
     serve(app, app.extensions["apirouter"].settings)
-    app.extensions["apirouter"].stop()
+    app.extensions["apirouter"].stop(flush_metrics=True)
     return 0
 
 

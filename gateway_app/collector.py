@@ -30,23 +30,30 @@ class IntervalCollector:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, flush: bool = False) -> None:
+        """Stop closing intervals; with ``flush``, close the open one first, so that a
+        graceful shutdown hands its last, partial interval to the sinks (the history file)."""
         self._stop.set()
+        if flush:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            closed = self.registry.close_intervals()
+        except Exception:  # the thread must survive anything, or history stops
+            log.exception("closing the metrics interval failed")
+            return
+        for sink in self.sinks:
+            try:
+                sink(closed)
+            except Exception:
+                log.exception("a metrics history sink failed")
 
     def _run(self) -> None:
         # Deadlines advance by whole intervals so a slow close does not shift later windows.
         deadline = time.monotonic() + self.interval
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
-            try:
-                closed = self.registry.close_intervals()
-            except Exception:  # the thread must survive anything, or history stops
-                log.exception("closing the metrics interval failed")
-                closed = []
-            for sink in self.sinks:
-                try:
-                    sink(closed)
-                except Exception:
-                    log.exception("a metrics history sink failed")
+            self._close()
             deadline += self.interval
             now = time.monotonic()
             if deadline < now:  # the process was suspended: skip missed windows

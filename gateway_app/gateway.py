@@ -66,8 +66,10 @@ class Gateway:
         if self.watcher:
             self.watcher.start()
 
-    def stop(self) -> None:
-        self.collector.stop()
+    def stop(self, flush_metrics: bool = False) -> None:
+        """Stop background threads and close Sessions; ``flush_metrics`` closes the open
+        interval first (a graceful shutdown, so the history file gets it)."""
+        self.collector.stop(flush=flush_metrics)
         if self.watcher:
             self.watcher.stop()
         self.registry.close()

@@ -23,8 +23,10 @@ from .telemetry import CONTENT_TYPE
 
 log = logging.getLogger("apirouter")
 
-# Probes must work without a key: Kubernetes sends none.
-OPEN_ENDPOINTS = frozenset({"apirouter.healthz", "apirouter.readyz"})
+# Probes must work without a key: Kubernetes sends none. The dashboard's page and assets hold
+# no data (its script asks for a key to read the data routes) and a browser cannot send one.
+OPEN_ENDPOINTS = frozenset({"apirouter.healthz", "apirouter.readyz", "apirouter.dashboard",
+                            "apirouter.dashboard_asset"})
 GATEWAY_KEY_HEADER = "x-api-gateway-key"
 
 

@@ -35,6 +35,9 @@ def test_client_key_required_on_every_route_but_probes(fake, start_gateway):
     assert r.status_code == 401 and backend.calls == 0
     assert gw.lb(headers={"api-key": "wrong-key-123"}).status_code == 401
     assert gw.get("healthz").status_code == 200 and gw.get("readyz").status_code == 200
+    # the dashboard page holds no data and a browser sends no key; its data routes need one
+    assert gw.get("dashboard").status_code == 200
+    assert gw.get("capacity").status_code == 401
     assert gw.lb(headers={"api-key": CLIENT_KEY}).status_code == 200
     assert gw.lb(headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status_code == 200
     assert gw.get("metrics", headers={"api-key": "other-key-1"}).status_code == 200

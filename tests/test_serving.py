@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -131,3 +132,26 @@ def test_grace_period_bounds_the_wait(tmp_path, fake):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_graceful_stop_writes_the_open_interval_to_the_history_file(tmp_path, fake):
+    backend = fake()
+    port = free_port()
+    history = tmp_path / "history.jsonl"
+    env = {**base_env(write_config(tmp_path / "c.json", [backend])),
+           "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1",
+           "API_GATEWAY_METRICS_HISTORY_FILE": str(history)}
+    proc = start([sys.executable, "wsgi.py"], env)
+    prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
+    try:
+        wait_serving(f"{prefix}/healthz", proc)
+        assert requests.post(f"{prefix}/lb", json={}, timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [line] = history.read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["endpoint"] == backend.uri()
+    assert entry["collectedMetrics"]["noOfApiCalls"] == 1

@@ -45,8 +45,25 @@
 
   function clock(iso) { return new Date(iso).toISOString().slice(11, 19); }
 
+  // With client keys configured the data routes answer 401: ask once, keep it for the tab.
+  const KEY_ITEM = "apirouter-client-key";
+  let askedForKey = false;
+
+  function fetchData(path) {
+    const key = sessionStorage.getItem(KEY_ITEM);
+    return fetch(new URL(path, base), { cache: "no-store", headers: key ? { "api-key": key } : {} });
+  }
+
   async function getJson(path) {
-    const response = await fetch(new URL(path, base), { cache: "no-store" });
+    let response = await fetchData(path);
+    if (response.status === 401 && !askedForKey) {
+      askedForKey = true;
+      const key = window.prompt("This gateway needs a client key (sent as the api-key header):");
+      if (key) {
+        sessionStorage.setItem(KEY_ITEM, key.trim());
+        response = await fetchData(path);
+      }
+    }
     let body;
     try { body = await response.json(); } catch (e) { body = null; }
     // /readyz answers 503 with its usual body when no endpoint can serve: still data.
