@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--streams", type=_levels,
         help="concurrent streamed calls (default 100,500,1000; quick 100)")
     add("--stream-ttft-ms", type=float, default=200.0, help="simulator time to first token")
-    add("--stream-ms-per-token", type=float, default=100.0, help="simulator time per token")
-    add("--stream-tokens", type=int, default=19, help="tokens per streamed answer")
+    add("--stream-ms-per-token", type=float, default=200.0, help="simulator time per token")
+    add("--stream-tokens", type=int, default=10, help="tokens per streamed answer")
     add("--litellm", action=argparse.BooleanOptionalAction, default=None,
         help="compare with the LiteLLM proxy (default: on for a full run, off for --quick)")
     add("--litellm-venv", type=Path, default=litellm.DEFAULT_VENV,
@@ -196,7 +196,7 @@ class Run:
                 pair = [streams.direct(sim, calls, shape, self.load_cpu)]
                 if _alive(gateway):
                     pair.append(streams.through(gateway.url, gateway.pid, calls, shape,
-                                                self.load_cpu))
+                                                self.load_cpu, pair[0].seconds_max))
                     if not _alive(gateway):
                         self.note(f"the gateway died during {calls} streams: "
                                   f"{gateway.log_tail(1)}")
