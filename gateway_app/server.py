@@ -9,6 +9,7 @@ is installed, which is what this module does.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import threading
 import time
@@ -34,6 +35,9 @@ def waitress_options(settings: Settings) -> dict[str, Any]:
         "threads": settings.threads,
         "connection_limit": settings.connection_limit,
         "backlog": 2048,
+        # select() cannot watch file descriptors above 1023, so ~1,000 connections would
+        # crash the loop; poll() has no such limit
+        "asyncore_use_poll": True,
         # lets waitress notice a client that hangs up while its call runs
         "channel_request_lookahead": 1,
         # our own limit answers first with a JSON 413; waitress's is only a backstop
@@ -141,8 +145,25 @@ class GracefulServer:
         wasyncore.close_all(self.map)
 
 
+def raise_file_limit(settings: Settings) -> None:
+    """Let the process open a socket per client connection plus one per backend call.
+
+    The soft limit is often 1,024, below what the connection limit allows; raising it up to
+    the hard limit needs no privilege.
+    """
+    needed = 2 * settings.connection_limit + settings.threads + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            log.warning("open files limited to %d; %d connections need about %d",
+                        target, settings.connection_limit, needed)
+
+
 def serve(app: WSGIApp, settings: Settings) -> None:
     """Serve ``app`` in the foreground until SIGTERM or SIGINT, then drain and return."""
+    raise_file_limit(settings)
     server = GracefulServer(app, settings)
     signal.signal(signal.SIGTERM, server.request_stop)
     signal.signal(signal.SIGINT, server.request_stop)
