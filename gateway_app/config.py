@@ -63,8 +63,9 @@ ENV_NAME = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$",
                            error="must be an environment variable name")
 
 
-class EndpointSchema(Schema):
-    uri = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+class _BackendSchema(Schema):
+    """What every backend has: a key (or where to find it), a priority and a timeout."""
+
     apikey = fields.String(validate=validate.Length(min=1))
     apikeyEnv = fields.String(validate=ENV_NAME)
     priority = fields.Integer(strict=True, validate=validate.Range(min=0))
@@ -74,6 +75,12 @@ class EndpointSchema(Schema):
     def one_key_source(self, data: dict[str, Any], **_: Any) -> None:
         if ("apikey" in data) == ("apikeyEnv" in data):
             raise ValidationError("give exactly one of apikey and apikeyEnv", "apikey")
+
+
+class EndpointSchema(_BackendSchema):
+    """An endpoint of the original's list: the whole URL of one deployment's operation."""
+
+    uri = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
 
 
 class ClientKeySchema(Schema):
@@ -101,21 +108,12 @@ NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                        error="must be letters, digits, '.', '_' or '-' (at most 64)")
 
 
-class PoolBackendSchema(Schema):
+class PoolBackendSchema(_BackendSchema):
     """One backend of a pool: an Azure OpenAI resource and the deployment's name there."""
 
     endpoint = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
     deployment = fields.String(required=True, validate=NAME)
-    apikey = fields.String(validate=validate.Length(min=1))
-    apikeyEnv = fields.String(validate=ENV_NAME)
-    priority = fields.Integer(strict=True, validate=validate.Range(min=0))
     weight = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
-    timeout = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
-
-    @validates_schema
-    def one_key_source(self, data: dict[str, Any], **_: Any) -> None:
-        if ("apikey" in data) == ("apikeyEnv" in data):
-            raise ValidationError("give exactly one of apikey and apikeyEnv", "apikey")
 
 
 class PoolSchema(Schema):

@@ -169,15 +169,18 @@ class Registry:
             backend.metrics.success(latency_ms, tokens)
         self._finish(backend, update)
 
+    @staticmethod
+    def _cool(backend: Backend, seconds: float, reason: str) -> None:
+        """Lock held. Extend the cooldown (never shorten it) and count the failed call."""
+        until = time.monotonic() + seconds
+        if until > backend.cooldown_until:
+            backend.cooldown_until = until
+            backend.cooldown_reason = reason
+        backend.metrics.failure()
+
     def throttled(self, backend: Backend, cooldown: float) -> None:
         """The backend answered 429: nothing goes to it for ``cooldown`` seconds."""
-        def update() -> None:
-            until = time.monotonic() + cooldown
-            if until > backend.cooldown_until:
-                backend.cooldown_until = until
-                backend.cooldown_reason = "throttled"
-            backend.metrics.failure()
-        self._finish(backend, update)
+        self._finish(backend, lambda: self._cool(backend, cooldown, "throttled"))
 
     def failed(self, backend: Backend) -> None:
         """A fault: bench the backend, longer for each fault in a row."""
@@ -185,11 +188,7 @@ class Registry:
             backend.fault_streak += 1
             bench = min(self._failure_cooldown * 2 ** (backend.fault_streak - 1),
                         self._failure_cooldown_max)
-            until = time.monotonic() + bench
-            if until > backend.cooldown_until:
-                backend.cooldown_until = until
-                backend.cooldown_reason = "failed"
-            backend.metrics.failure()
+            self._cool(backend, bench, "failed")
         self._finish(backend, update)
 
     def count_client_call(self, served: bool) -> None:
