@@ -236,6 +236,30 @@ def test_document_lists_exactly_the_routes_the_app_serves(fake: Callable[..., Fa
     assert not stale, f"operations in gateway_app/openapi.yaml that the app does not serve: {stale}"
 
 
+def test_documented_security_is_the_gateways(fake: Callable[..., FakeBackend],
+                                            start_gateway: Callable[..., Any],
+                                            document: Document) -> None:
+    """Routes open without a client key (routes.OPEN_ENDPOINTS) say ``security: []`` and
+    document no 401 of their own; every other route documents its 401."""
+    from gateway_app.routes import OPEN_ENDPOINTS
+
+    gw: RunningGateway = start_gateway([fake()])
+    prefix = gw.gateway.settings.route_prefix
+    for rule in gw.app.url_map.iter_rules():
+        if rule.endpoint in IGNORED_ENDPOINTS:
+            continue
+        path = rule_path(rule.rule, prefix)
+        for method in (rule.methods or set()) - IGNORED_METHODS:
+            operation = document.operation(method, path)
+            where = f"{method} {path} ({rule.endpoint})"
+            if rule.endpoint in OPEN_ENDPOINTS:
+                assert operation.get("security") == [], f"{where} is open: security: []"
+                assert "401" not in operation["responses"], f"{where} never answers 401"
+            else:
+                assert operation.get("security") is None, f"{where} needs a key when set"
+                assert "401" in operation["responses"], f"{where}: document its 401"
+
+
 def test_rule_paths_map_to_document_paths() -> None:
     prefix = "/api/v1/prod/apirouter"
     assert rule_path(f"{prefix}/reconfig/<path:key>", prefix) == f"{PREFIX}/reconfig/{{key}}"
@@ -299,10 +323,11 @@ def test_real_answers_are_the_documented_ones(document: Document, simulator: Sim
     for route in ("instanceinfo", "metrics", "prometheus", "capacity", "healthz", "readyz",
                   "openapi.yaml", "openapi.json", "/v1/models"):
         assert call("GET", route).status_code == 200, route
-    for route in ("instanceinfo", "metrics", "prometheus", "capacity", "dashboard",
-                  "openapi.json", "/v1/models"):
+    for route in ("instanceinfo", "metrics", "prometheus", "capacity", "openapi.json",
+                  "/v1/models"):
         assert call("GET", route, session=anonymous).status_code == 401, route
-    assert call("GET", "healthz", session=anonymous).status_code == 200
+    for route in ("healthz", "readyz", "dashboard", "dashboard/dashboard.js"):
+        assert call("GET", route, session=anonymous).status_code == 200, route
     assert call("GET", "dashboard").status_code == 200
     for asset in ("dashboard.js", "dashboard.css"):
         assert call("GET", f"dashboard/{asset}").status_code == 200, asset

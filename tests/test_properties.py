@@ -21,7 +21,7 @@ from requests.structures import CaseInsensitiveDict
 from gateway_app.config import ConfigError, ConfigSchema, GatewayConfig, parse_config
 from gateway_app.retry_after import retry_after_seconds, whole_seconds
 
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # --- JSON-like values ---------------------------------------------------------------------
