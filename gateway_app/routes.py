@@ -68,6 +68,8 @@ def read_call(json_only: bool = True) -> Call | Response:
         payload = json.loads(body)
     except ValueError as exc:
         return json_error(400, "InvalidRequest", f"The request body is not valid JSON: {exc}")
+    except RecursionError:
+        return json_error(400, "InvalidRequest", "The request body is nested too deeply.")
     if not isinstance(payload, dict):
         return json_error(400, "InvalidRequest", "The request body must be a JSON object.")
     return Call(body=body, payload=payload, headers=request.headers, request_id=rid,

@@ -30,6 +30,10 @@ def azure_deployment(name: str, operation: str) -> Response:
     backends = gateway().registry.pool_order(name)
     if backends is None:
         return _unknown(name)
+    if any(part in ("", ".", "..") for part in operation.split("/")):
+        # the client picks the operation, never another deployment or path of the backend
+        return json_error(400, "InvalidRequest", "The operation path must not contain empty, "
+                          "'.' or '..' segments.")
     call = read_call(json_only=False)
     if isinstance(call, Response):
         return call
