@@ -115,7 +115,10 @@ class GracefulServer:
         log.info("signal %s: no new connections; waiting up to %.0f s for %d call(s) in flight",
                  signal.Signals(signum).name, self.grace, self.in_flight.count)
         for listener in [c for c in list(self.map.values()) if isinstance(c, BaseWSGIServer)]:
-            listener.pull_trigger()  # wake the loop now rather than at its next timeout
+            try:
+                listener.pull_trigger()  # wake the loop now rather than at its next timeout
+            except OSError:
+                pass  # called from another thread, the loop may have ended and closed it
 
     def _close_listeners(self) -> None:
         """Close the listening sockets (between loop passes: select must not see them go)."""
