@@ -86,10 +86,13 @@ def gateway_config(sim_port: int, workdir: Path) -> str:
     if sim_port == CONFIG_SIM_PORT:
         return GATEWAY_CONFIG
     config = json.loads((REPO / GATEWAY_CONFIG).read_text())
-    for endpoint in config["endpoints"]:
-        parts = urlsplit(endpoint["uri"])
+    pool_backends = [b for pool in config.get("deployments", {}).values()
+                     for b in pool["backends"]]
+    for entry, field in [*((e, "uri") for e in config["endpoints"]),
+                         *((b, "endpoint") for b in pool_backends)]:
+        parts = urlsplit(entry[field])
         if parts.port == CONFIG_SIM_PORT:
-            endpoint["uri"] = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{sim_port}"))
+            entry[field] = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{sim_port}"))
     path = workdir / GATEWAY_CONFIG
     path.write_text(json.dumps(config, indent=2) + "\n")
     return str(path)

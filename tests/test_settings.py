@@ -87,3 +87,9 @@ def test_help_lists_every_variable():
     assert result.returncode == 0
     for name, _field, _default in Settings.variables():
         assert name in result.stdout
+
+
+def test_readme_documents_every_variable():
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name, _f, _d in Settings.variables() if f"`{name}`" not in readme]
+    assert missing == []
