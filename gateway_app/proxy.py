@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-import requests
 import urllib3
 
 from .errors import error_body
@@ -26,6 +25,7 @@ from .retry_after import retry_after_seconds, whole_seconds
 from .settings import Settings
 from .sse import EventSplitter, Usage, is_usage_only, usage_of
 from .telemetry import Telemetry
+from .transport import Reply
 
 log = logging.getLogger("apirouter.call")
 
@@ -124,11 +124,10 @@ class Proxy:
                    backend.read_timeout or self.settings.read_timeout)
         started = time.monotonic()
         try:
-            response = backend.session.post(
-                url, data=body, stream=True, timeout=timeout,
-                headers=backend_headers(call.headers, backend.api_key, call.request_id,
-                                        call.content_type))
-        except requests.RequestException as exc:
+            response = backend.transport.post(
+                url, body, backend_headers(call.headers, backend.api_key, call.request_id,
+                                           call.content_type), timeout)
+        except STREAM_ERRORS as exc:
             return self._fault(backend, outcome, type(exc).__name__)
         status = response.status_code
         if status == 429:
@@ -219,7 +218,7 @@ class StreamRelay:
     (done, backend fault, client gone), even if the server never started iterating.
     """
 
-    def __init__(self, proxy: Proxy, backend: Backend, response: requests.Response,
+    def __init__(self, proxy: Proxy, backend: Backend, response: Reply,
                  call: Call, outcome: Outcome, started: float, first: bytes,
                  injected: bool, client_gone: Callable[[], bool]) -> None:
         self.proxy = proxy

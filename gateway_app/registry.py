@@ -1,6 +1,7 @@
 """Backends and the locked registry that holds every piece of shared state.
 
-A Backend owns its requests Session (pooled connections to one deployment). Its cooldown, fault
+A Backend owns its Transport, a requests Session with pooled connections to one deployment (see
+transport.py). Its cooldown, fault
 streak, in-flight count and metrics change only under the registry's lock, which is held just to
 read or update them, never during network I/O. A reload builds a new tuple of backends, keeping
 the objects (state and metrics) of endpoints still present, and swaps it in one step; calls in
@@ -16,33 +17,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from .config import EndpointConfig, PoolConfig
 from .metrics import EndpointMetrics
-
-
-def make_session(pool_size: int) -> requests.Session:
-    """A Session whose pool can keep one connection per worker thread alive."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.trust_env = False  # no proxy or netrc surprises from the environment
-    return session
+from .transport import Transport
 
 
 @dataclass(eq=False)
 class Backend:
-    """One deployment: where it is, its key, its Session, and its state (under the lock)."""
+    """One deployment: where it is, its key, its transport (Session), and its state (under
+    the lock)."""
 
     uri: str
     api_key: str = field(repr=False)
     priority: int
     read_timeout: float | None
     pool: str  # "" for the /lb endpoints, else the deployment pool's name
-    session: requests.Session = field(repr=False)
+    transport: Transport = field(repr=False)
     metrics: EndpointMetrics = field(repr=False)
     weight: float = 1.0
     cooldown_until: float = 0.0  # time.monotonic() before which nothing is sent
@@ -97,7 +87,7 @@ class Registry:
                 for position, cfg in enumerate(configs):
                     backend = old.pop((pool, cfg.uri), None) or Backend(
                         uri=cfg.uri, api_key=cfg.api_key, priority=0, read_timeout=None,
-                        pool=pool, session=make_session(self._pool_size),
+                        pool=pool, transport=Transport(self._pool_size),
                         metrics=EndpointMetrics(self._history_size, now))
                     backend.priority = position if by_position else cfg.priority
                     backend.api_key = cfg.api_key
@@ -116,7 +106,7 @@ class Registry:
                 if backend.in_flight == 0:
                     idle.append(backend)
         for backend in idle:
-            backend.session.close()
+            backend.transport.close()
 
     def backends(self) -> tuple[Backend, ...]:
         """The /lb list in priority order (an immutable snapshot)."""
@@ -160,7 +150,7 @@ class Registry:
             update()
             close = self._release(backend)
         if close:
-            backend.session.close()
+            backend.transport.close()
 
     def succeeded(self, backend: Backend, latency_ms: float, tokens: int) -> None:
         """The backend answered (2xx, or a client error relayed as it is)."""
@@ -254,4 +244,4 @@ class Registry:
         with self._lock:
             backends = self._all()
         for backend in backends:
-            backend.session.close()
+            backend.transport.close()

@@ -8,6 +8,7 @@ is installed, which is what this module does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import signal
@@ -115,10 +116,10 @@ class GracefulServer:
         log.info("signal %s: no new connections; waiting up to %.0f s for %d call(s) in flight",
                  signal.Signals(signum).name, self.grace, self.in_flight.count)
         for listener in [c for c in list(self.map.values()) if isinstance(c, BaseWSGIServer)]:
-            try:
-                listener.pull_trigger()  # wake the loop now rather than at its next timeout
-            except OSError:
-                pass  # called from another thread, the loop may have ended and closed it
+            # wake the loop now rather than at its next timeout; called from another thread,
+            # the loop may already have ended and closed the trigger
+            with contextlib.suppress(OSError):
+                listener.pull_trigger()
 
     def _close_listeners(self) -> None:
         """Close the listening sockets (between loop passes: select must not see them go)."""
