@@ -30,7 +30,7 @@ from .system import Pinning, ensure_tools, machine_info, machine_state, tool_ver
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DOC = ROOT / "docs" / "performance.md"
+DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")
 GATEWAY_BODY = ('{"messages":[{"role":"system","content":"You are a helpful assistant."},'
                 '{"role":"user","content":"Say hello."}],"max_tokens":16}')
 
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
     add("--out", type=Path, help="results directory (default bench/results; quick: .../tmp)")
     add("--label", default="", help="suffix for the result file name, e.g. a change's name")
-    add("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
+    add("--no-docs", action="store_true",
+        help="do not rewrite the results blocks of docs/performance.md and README.md")
     add("--budget", type=float, help="seconds after which remaining phases are skipped "
                                      "(default 600; quick 60)")
     return parser
@@ -262,10 +263,11 @@ def _publish(run: Run) -> int:
     print(f"\n{table}\nbench: wrote {path} and {out / 'latest.md'}", flush=True)
     official = not args.quick and out.resolve() == RESULTS.resolve()
     if official and not args.no_docs:
-        if report.update_doc(DOC, table):
-            print(f"bench: updated the results block of {DOC}")
-        else:
-            print(f"bench: {DOC} has no results block; left alone")
+        for doc in DOCS:
+            if report.update_doc(doc, table):
+                print(f"bench: updated the results block of {doc}")
+            else:
+                print(f"bench: {doc} has no results block; left alone")
     return 0
 
 
