@@ -98,7 +98,7 @@ class ClientKeySchema(Schema):
 
 def _capacity_schema() -> Schema:
     # imported when first used, so `python -m gateway_app.capacity` does not find it loaded
-    from .capacity import CapacitySchema
+    from .ptu import CapacitySchema
 
     return CapacitySchema()
 
