@@ -58,6 +58,7 @@ class Interval:
     failed: int  # throttled or failed
     tokens: float
     latency_ms: float  # mean over ``calls``
+    completion: float | None = None  # output tokens, when the entry tells them apart
 
 
 def _interval(instance: str, source: str, endpoint: str, priority: int,
@@ -68,7 +69,14 @@ def _interval(instance: str, source: str, endpoint: str, priority: int,
                     minutes=float(minutes),
                     calls=int(metrics["noOfApiCalls"]), failed=int(metrics["noOfFailedCalls"]),
                     tokens=float(metrics["throughput"]["kTokensPerWindow"]) * 1000,
-                    latency_ms=float(metrics["latency"]["avgResponseTimeMsec"]))
+                    latency_ms=float(metrics["latency"]["avgResponseTimeMsec"]),
+                    completion=_completion(metrics))
+
+
+def _completion(metrics: Mapping[str, Any]) -> float | None:
+    """Output tokens of an entry; None for entries of gateways that did not record them."""
+    split = metrics.get("tokenSplit")
+    return float(split["completionTokens"]) if isinstance(split, Mapping) else None
 
 
 def intervals_from_metrics(document: Mapping[str, Any], where: str = "metrics",
@@ -142,6 +150,8 @@ class Row:
     rpm_avg: float = 0.0
     rpm_peak: float = 0.0
     avg_latency_ms: float = 0.0
+    output_share: float = 0.0  # output tokens / all tokens, as used for the PTUs
+    output_share_source: str = ""  # "configuration", "measured" or "unknown" (taken as 0)
     tpm_per_ptu: float | None = None
     ptu_p95_needed: float = 0.0
     ptu_p95: int = 0
@@ -166,12 +176,27 @@ def _summarize(row: Row, intervals: list[Interval]) -> Row:
         rpm_avg=round(sum(rpm) / len(rpm), 2) if rpm else 0.0,
         rpm_peak=round(max(rpm, default=0.0), 2),
         avg_latency_ms=round(sum(i.latency_ms * i.calls for i in intervals) / calls, 1)
-        if calls else 0.0)
+        if calls else 0.0,
+        **_measured_share(intervals))
 
 
-def _sized(row: Row, model: ModelThroughput, output_share: float) -> Row:
-    p95, p95_deploy = model.ptu(row.tpm_p95, output_share)
-    peak, peak_deploy = model.ptu(row.tpm_peak, output_share)
+def _measured_share(intervals: list[Interval]) -> dict[str, Any]:
+    """The output share of the intervals that recorded it, else "unknown" (0)."""
+    known = [i for i in intervals if i.completion is not None]
+    tokens = sum(i.tokens for i in known)
+    if not tokens:
+        return {"output_share": 0.0, "output_share_source": "unknown"}
+    share = sum(i.completion or 0.0 for i in known) / tokens
+    return {"output_share": round(min(max(share, 0.0), 1.0), 4),
+            "output_share_source": "measured"}
+
+
+def _sized(row: Row, model: ModelThroughput, configured: float | None) -> Row:
+    """PTUs for the row's p95 and peak TPM; a configured output share wins over the measured."""
+    if configured is not None:
+        row = replace(row, output_share=configured, output_share_source="configuration")
+    p95, p95_deploy = model.ptu(row.tpm_p95, row.output_share)
+    peak, peak_deploy = model.ptu(row.tpm_peak, row.output_share)
     return replace(row, tpm_per_ptu=model.tpm_per_ptu, ptu_p95_needed=round(p95, 2),
                    ptu_p95=p95_deploy, ptu_peak_needed=round(peak, 2), ptu_peak=peak_deploy)
 
@@ -207,7 +232,10 @@ def _merged(members: list[Interval]) -> Interval:
         priority=0, start=min(m.start for m in members),
         minutes=max(m.minutes for m in members), calls=calls,
         failed=sum(m.failed for m in members), tokens=sum(m.tokens for m in members),
-        latency_ms=sum(m.latency_ms * m.calls for m in members) / calls if calls else 0.0)
+        latency_ms=sum(m.latency_ms * m.calls for m in members) / calls if calls else 0.0,
+        # a window where some member did not record its output tokens tells nothing of them
+        completion=(None if any(m.completion is None for m in members)
+                    else sum(m.completion or 0.0 for m in members)))
 
 
 def _iso(moment: datetime) -> str:
@@ -223,9 +251,10 @@ def _camel(record: Any) -> dict[str, Any]:
 ASSUMPTIONS = [
     "TPM of an interval = kTokensPerWindow * 1000 / interval minutes, counting the tokens of "
     "calls the endpoints answered; demand that was throttled everywhere is not in it.",
-    "The metrics hold total tokens only, so output tokens are taken as outputShare of them "
-    "and weighted by the model's throughput ratio; with outputShare 0 every token counts as "
-    "an input token, which underestimates PTUs for answer-heavy traffic.",
+    "Output tokens weigh the model's throughput ratio in input tokens. Their share is "
+    "measured from the endpoints' usage (prompt and completion tokens of each interval), "
+    "unless the configuration's capacity.outputShare sets it; history without that split "
+    "(older saved files) counts as input tokens, which underestimates PTUs.",
     "Cached prompt tokens (which PTUs do not charge) are not known, so none are deducted.",
     "Deployable PTUs: the needed PTUs rounded up to the model's increment, at least its "
     "minimum deployment. p95 is the nearest-rank 95th percentile over the intervals kept.",
@@ -329,7 +358,7 @@ COLUMNS = [  # (title, key of a report row, format)
     ("TPM avg", "tpmAvg", "{:.0f}"), ("TPM p95", "tpmP95", "{:.0f}"),
     ("TPM peak", "tpmPeak", "{:.0f}"), ("RPM avg", "rpmAvg", "{:.1f}"),
     ("RPM peak", "rpmPeak", "{:.1f}"), ("ms avg", "avgLatencyMs", "{:.0f}"),
-    ("PTU p95", "ptuP95", "{}"), ("PTU peak", "ptuPeak", "{}"),
+    ("out%", "outputShare", "{:.0%}"), ("PTU p95", "ptuP95", "{}"), ("PTU peak", "ptuPeak", "{}"),
 ]
 
 
@@ -354,7 +383,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines.insert(0, f"Capacity of {report['instanceName'] or 'the gateway'}: intervals of "
                     f"{minutes} min from {report['from']} to {report['to']}; PTUs for "
                     f"{report['deploymentType']} deployments, output share "
-                    f"{report['outputShare']:.0%}")
+                    + ("measured per row" if report["outputShare"] is None
+                       else f"{report['outputShare']:.0%}"))
     lines.append("")
     lines += [f"{r['priority']:>2}  {r['name']}  (model {r['model']}: {r['modelSource']})"
               for r in report["rows"] if r["scope"] == "endpoint"]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .sse import Usage
+
 # Azure grants 6 requests per minute for every 1,000 tokens per minute of quota.
 REQUESTS_PER_KTOKENS = 6
 
@@ -25,6 +27,8 @@ class IntervalCounters:
     api_calls: int = 0  # answered by the endpoint and relayed to the client
     failed_calls: int = 0  # throttled (429), faults (5xx, connection errors, timeouts)
     tokens: int = 0  # total_tokens reported by the endpoint
+    prompt_tokens: int = 0  # the input and output parts of them, for capacity planning
+    completion_tokens: int = 0
     latency_ms: float = 0.0  # summed over api_calls
 
     def history_entry(self, started_at: float) -> dict[str, Any]:
@@ -46,6 +50,9 @@ class IntervalCounters:
                     "avgResponseTimeMsec": (self.latency_ms / self.api_calls
                                             if self.api_calls else 0.0),
                 },
+                # beyond the original: the split PTU sizing needs (output weighs more)
+                "tokenSplit": {"promptTokens": self.prompt_tokens,
+                               "completionTokens": self.completion_tokens},
             },
         }
 
@@ -58,10 +65,14 @@ class EndpointMetrics:
         self.started_at = started_at
         self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
 
-    def success(self, latency_ms: float, tokens: int) -> None:
-        self.current.api_calls += 1
-        self.current.latency_ms += latency_ms
-        self.current.tokens += tokens
+    def success(self, latency_ms: float, usage: Usage | None) -> None:
+        c = self.current
+        c.api_calls += 1
+        c.latency_ms += latency_ms
+        if usage is not None:
+            c.tokens += usage.total
+            c.prompt_tokens += usage.prompt
+            c.completion_tokens += usage.completion
 
     def failure(self) -> None:
         self.current.failed_calls += 1

@@ -169,7 +169,7 @@ class Proxy:
                  stream: str = "") -> None:
         """An answer was relayed: count it, time it, log it."""
         seconds = time.monotonic() - started
-        self.registry.succeeded(backend, seconds * 1000, usage.total if usage else 0)
+        self.registry.succeeded(backend, seconds * 1000, usage)
         self.telemetry.answered(backend, status, seconds, usage, ttft)
         log_call(call, outcome, status, seconds, backend=backend, usage=usage, ttft=ttft,
                  stream=stream)

@@ -118,7 +118,8 @@ class Planning:
 
     table: dict[str, ModelThroughput] = field(default_factory=published_table)
     deployment_type: str = "global"
-    output_share: float = 0.0  # share of the tokens that are output tokens
+    # share of the tokens that are output tokens; None: measured from the endpoints' usage
+    output_share: float | None = None
     endpoint_models: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -136,7 +137,7 @@ class Planning:
                 output_ratio=row.get("outputRatio", base.output_ratio))
         share = overrides.get("output_share")
         return cls(table=table, deployment_type=kind,
-                   output_share=section.get("outputShare", 0.0) if share is None else share,
+                   output_share=section.get("outputShare") if share is None else share,
                    endpoint_models=dict(section.get("endpointModels", {})))
 
     def model_of(self, uri: str) -> tuple[str, str]:

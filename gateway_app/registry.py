@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import EndpointConfig, PoolConfig
 from .metrics import EndpointMetrics
+from .sse import Usage
 from .transport import Transport
 
 
@@ -152,11 +153,11 @@ class Registry:
         if close:
             backend.transport.close()
 
-    def succeeded(self, backend: Backend, latency_ms: float, tokens: int) -> None:
+    def succeeded(self, backend: Backend, latency_ms: float, usage: Usage | None) -> None:
         """The backend answered (2xx, or a client error relayed as it is)."""
         def update() -> None:
             backend.fault_streak = 0
-            backend.metrics.success(latency_ms, tokens)
+            backend.metrics.success(latency_ms, usage)
         self._finish(backend, update)
 
     @staticmethod

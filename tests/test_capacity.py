@@ -312,6 +312,12 @@ def test_capacity_route_and_history_file_from_live_traffic(fake, start_gateway, 
     assert primary["tpmPeak"] >= 120_000 and primary["tpmPeak"] % 120_000 == 0
     assert primary["ptuPeak"] >= 15
     assert report["intervalMinutes"] == 0.005 and report["instanceName"] == "test-gw"
+    # the output share comes from the calls' usage: 10 completion tokens of 600
+    assert (primary["outputShare"], primary["outputShareSource"]) == (0.0167, "measured")
+    assert report["outputShare"] is None
+    # output tokens weigh 4 input tokens for gpt-4o (the default row): PTUs grow with them
+    assert primary["ptuPeakNeeded"] == pytest.approx(
+        primary["tpmPeak"] * (1 - 10 / 600 + 4 * 10 / 600) / 2500, rel=0.01)
 
     # the history file has the same intervals (and maybe a closing more)
     wait_until(lambda: history.exists() and history.stat().st_size > 0)

@@ -18,6 +18,7 @@
     ["tokens", "tokens", String], ["TPM avg", "tpmAvg", round0], ["TPM p95", "tpmP95", round0],
     ["TPM peak", "tpmPeak", round0], ["RPM avg", "rpmAvg", (v) => v.toFixed(1)],
     ["RPM peak", "rpmPeak", (v) => v.toFixed(1)], ["ms avg", "avgLatencyMs", round0],
+    ["output share", "outputShare", (v) => (v * 100).toFixed(0) + "%"],
     ["PTU p95", "ptuP95", String], ["PTU peak", "ptuPeak", String],
   ];
   const TEXT_COLUMNS = new Set(["deployment", "model"]);
@@ -173,7 +174,8 @@
     }));
     document.getElementById("capacity-note").textContent =
       `PTUs for ${report.deploymentType} deployments, output share ` +
-      `${(report.outputShare * 100).toFixed(0)}%, over ${report.from || "-"} to ${report.to || "-"}.` +
+      (report.outputShare === null ? "measured per row" : `${(report.outputShare * 100).toFixed(0)}%`) +
+      `, over ${report.from || "-"} to ${report.to || "-"}.` +
       (report.warnings.length ? " Warning: " + report.warnings.join("; ") : "");
     document.getElementById("assumptions").replaceChildren(
       ...report.assumptions.map((a) => el("li", {}, a)));
