@@ -29,8 +29,11 @@ def build_app() -> Flask:
 def _help_epilog() -> str:
     lines = ["environment variables (required ones have no default):"]
     for name, _field, default in Settings.variables():
-        shown = "required" if default is MISSING else f"default {default!r}"
-        lines.append(f"  {name:34} {shown}")
+        if default is MISSING:
+            shown = "required"
+        else:
+            shown = f"default {default}" if default not in ("", ()) else "optional, no default"
+        lines.append(f"  {name:43} {shown}")
     lines.append("See README.md for what each one means.")
     return "\n".join(lines)
 
