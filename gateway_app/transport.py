@@ -10,11 +10,29 @@ and no redirects: failing over is the proxy's job.
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+
+# No retries and no redirects, built once: urllib3 would build an equal Retry on every call.
+NO_RETRIES = urllib3.Retry(total=False, redirect=False)
+
+
+@lru_cache(maxsize=512)
+def _split(url: str) -> tuple[str, str, str]:
+    """scheme, netloc and request target of ``url`` (the /lb ones repeat on every call)."""
+    parts = urlsplit(url)
+    target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    return parts.scheme, parts.netloc, target
+
+
+@lru_cache(maxsize=64)
+def _timeout(connect: float, read: float) -> urllib3.Timeout:
+    """urllib3 clones the Timeout it is given, so one per value pair can be shared."""
+    return urllib3.Timeout(connect=connect, read=read)
 
 
 def make_session(pool_size: int) -> requests.Session:
@@ -62,12 +80,11 @@ class Transport:
     def post(self, url: str, body: bytes, headers: dict[str, str],
              timeout: tuple[float, float]) -> Reply:
         """POST ``body``; the answer's body is left unread for the caller to stream."""
-        parts = urlsplit(url)
-        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
-        raw = self._pool(url, parts.scheme, parts.netloc).urlopen(
-            "POST", target, body=body, headers=headers, retries=False, redirect=False,
+        scheme, netloc, target = _split(url)
+        raw = self._pool(url, scheme, netloc).urlopen(
+            "POST", target, body=body, headers=headers, retries=NO_RETRIES, redirect=False,
             assert_same_host=False, preload_content=False, decode_content=False,
-            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+            timeout=_timeout(*timeout))
         return Reply(raw)
 
     def close(self) -> None:
