@@ -68,7 +68,6 @@ class Registry:
         self._failure_cooldown_max = failure_cooldown_max
         self.success_calls = 0
         self.failed_calls = 0
-        self.loaded_at = 0.0
 
     # --- configuration ---------------------------------------------------------------------
     def replace(self, endpoints: Iterable[EndpointConfig],
@@ -100,7 +99,6 @@ class Registry:
             self._backends = build("", endpoints, by_position=True)
             self._pools = {name: build(name, pool.backends, by_position=False)
                            for name, pool in (pools or {}).items()}
-            self.loaded_at = now
             idle = []
             for backend in old.values():
                 backend.retired = True
