@@ -1,7 +1,9 @@
 """``python bench/run.py``: every phase of the benchmark in one bounded run.
 
 1. load: wrk at each connection count against nginx directly, through the gateway and (when
-   available) through the LiteLLM proxy, all on 127.0.0.1, interleaved level by level;
+   available) through the LiteLLM proxy, all on 127.0.0.1, interleaved level by level; then
+   an open loop (16 connections at a fixed rate well below the gateway's capacity) against
+   nginx directly and through the gateway;
 2. streams: many concurrent ~2 s streamed calls, directly to the simulator and through one
    gateway process;
 3. results: a JSON file under bench/results/, latest.md, and the block of docs/performance.md.
@@ -24,13 +26,18 @@ from typing import Any
 
 from . import litellm, report, streams
 from .gateway import GatewayProcess, git_revision
-from .load import measure
+from .load import measure, measure_open
 from .nginx import NginxFake
 from .system import Pinning, ensure_tools, machine_info, machine_state, tool_version
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")
+# The open loop: its connections, and its rate as a share of the gateway's closed-loop
+# throughput at the same connection count in the same run (OPEN_FALLBACK_RATE if unmeasured).
+OPEN_CONNECTIONS = 16
+OPEN_SHARE = 0.25
+OPEN_FALLBACK_RATE = 400.0
 GATEWAY_BODY = ('{"messages":[{"role":"system","content":"You are a helpful assistant."},'
                 '{"role":"user","content":"Say hello."}],"max_tokens":16}')
 
@@ -59,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--warmup", type=float, help="seconds of wrk warm-up per level (default 2; quick 0.5)")
     add("--connections", type=_levels, default=[1, 16, 64, 256],
         help="wrk connection counts (default 1,16,64,256)")
+    add("--open-rate", type=float,
+        help="total calls/s of the open loop (default: 25%% of the gateway's closed-loop req/s "
+             "at 16 connections in this run, or 400 if that level was not run); 0 skips it")
+    add("--open-connections", type=int, default=OPEN_CONNECTIONS,
+        help="connections of the open loop (default 16)")
     add("--streams", type=_levels,
         help="concurrent streamed calls (default 100,500,1000; quick 100)")
     add("--stream-ttft-ms", type=float, default=200.0, help="simulator time to first token")
@@ -160,10 +172,49 @@ class Run:
                           f"p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f} ms  "
                           f"errors {r.errors + r.non2xx}", flush=True)
                     results.append(r.to_json())
+            self._open_loop(targets[:2], gateway, results)
             if _alive(gateway):
                 self.result["gateway_memory"] = gateway.memory()
             else:
                 self.note(f"the gateway died during the load phase: {gateway.log_tail(3)}")
+
+    def _open_rate(self, closed: list[dict[str, Any]]) -> tuple[float, str]:
+        """The open loop's total rate, and how it was chosen."""
+        conns = self.args.open_connections
+        if self.args.open_rate is not None:
+            return self.args.open_rate, "set with --open-rate"
+        ref = next((r for r in closed if r["target"] == "gateway"
+                    and r["connections"] == conns and r["rps"]), None)
+        if ref is None:
+            return OPEN_FALLBACK_RATE, (f"fixed: the gateway was not measured at {conns} "
+                                        "connections in closed loop")
+        rate = max(10.0, round(ref["rps"] * OPEN_SHARE / 10) * 10)
+        return rate, (f"{OPEN_SHARE:.0%} of the gateway's closed-loop {ref['rps']:,.0f} req/s "
+                      f"at {conns} connections")
+
+    def _open_loop(self, targets: list[tuple[str, str, int | None]], gateway: GatewayProcess,
+                   closed: list[dict[str, Any]]) -> None:
+        rate, why = self._open_rate(closed)
+        if rate <= 0:
+            return
+        conns = self.args.open_connections
+        runs: list[dict[str, Any]] = []
+        self.result["open_loop"] = {"rate": rate, "rate_basis": why, "connections": conns,
+                                    "results": runs}
+        if not self.room_for(len(targets) * (self.duration + self.warmup + 1),
+                             f"the open loop at {rate:g} req/s"):
+            return
+        for name, url, pid in targets:
+            if pid is not None and not _alive(gateway):
+                self.note("the gateway is no longer running; its open loop is skipped")
+                continue
+            r = measure_open(name, url, GATEWAY_BODY, conns, rate, self.duration,
+                             max(self.warmup, 0.5), pid, self.load_cpu)
+            print(f"  open {name:8} c={conns:<4} {r.achieved_rate:>10,.0f} req/s  "
+                  f"p50 {r.p50_ms or 0:8.3f} ms  p99 {r.p99_ms or 0:8.3f} ms  "
+                  f"errors {r.errors + r.non2xx}  client lag p99 {r.lag_p99_ms or 0:.3f} ms  "
+                  f"client CPU {r.client_cpu_share:.0%}", flush=True)
+            runs.append(r.to_json())
 
     def _start_litellm(self, stack: contextlib.ExitStack, workdir: Path,
                        fake_port: int) -> litellm.LiteLLMProxy | None:
@@ -231,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": date, "kind": "quick" if args.quick else "full", "label": args.label,
         "settings": {"duration": run.duration, "warmup": run.warmup,
                      "connections": args.connections, "streams": run.stream_levels,
+                     "open_connections": args.open_connections,
                      "gateway_threads": args.gateway_threads,
                      "gateway_log_level": args.gateway_log_level,
                      "gateway_dir": str(args.gateway_dir)},

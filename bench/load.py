@@ -1,10 +1,12 @@
-"""Keep-alive load from wrk at a fixed connection count, with the server's CPU and memory."""
+"""Keep-alive load: wrk at a fixed connection count (closed loop), and the open-loop client at
+a fixed rate; both with the server's CPU and the machine's idle."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from .system import cpu_seconds, cpu_times, idle_shares, loadavg, status_fields
 
 LUA = Path(__file__).with_name("post.lua")
+OPEN_CLIENT = Path(__file__).with_name("open_loop_client.py")
 
 
 @dataclass
@@ -84,3 +87,62 @@ def measure(target: str, url: str, body: str, connections: int, seconds: float,
                    + totals["timeouts"]),
         non2xx=int(totals["non2xx"]), cpu_ms_per_1k=cpu_ms, server_cpu_share=share,
         rss_mb=rss, idle=idle, loadavg=loadavg())
+
+
+@dataclass
+class OpenLoopResult:
+    """One open-loop run (``open_loop_client.py``) against one target at a fixed total rate."""
+
+    target: str
+    connections: int
+    rate: float  # calls per second asked for, in total
+    achieved_rate: float  # calls due in the measured window per second
+    seconds: float
+    requests: int  # calls in the measured window
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    errors: int
+    non2xx: int
+    lag_p50_ms: float | None  # the client's own lateness, not counted in the latency
+    lag_p99_ms: float | None
+    client_cpu_share: float  # the client's CPU seconds per wall second
+    cpu_ms_per_1k: float | None  # the server's CPU per 1,000 calls
+    server_cpu_share: float | None
+    idle: dict[str, float]
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def measure_open(target: str, url: str, body: str, connections: int, rate: float,
+                 seconds: float, warmup: float, server_pid: int | None,
+                 taskset: list[str]) -> OpenLoopResult:
+    """One open-loop run (warm-up included), sampling the server's CPU and the machine's idle."""
+    cmd = [*taskset, sys.executable, str(OPEN_CLIENT), "--url", url, "--rate", f"{rate:g}",
+           "--connections", str(connections), "--duration", f"{seconds:g}",
+           "--warmup", f"{warmup:g}", "--body", body, "--timeout", "10"]
+    cpu0 = cpu_seconds(server_pid) if server_pid else None
+    times0 = cpu_times()
+    started = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=warmup + seconds + 60)
+    wall = time.monotonic() - started
+    idle = idle_shares(times0, cpu_times())
+    try:
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"the open-loop client printed no result (exit {out.returncode}): "
+                           f"{(out.stderr or out.stdout).strip()[-500:]}") from None
+    cpu_ms = share = None
+    if server_pid:
+        spent = cpu_seconds(server_pid) - (cpu0 or 0.0)
+        cpu_ms = round(spent * 1000 / (got["calls"] / 1000), 3) if got["calls"] else None
+        share = round(spent / wall, 3)
+    return OpenLoopResult(
+        target=target, connections=connections, rate=rate, achieved_rate=got["achieved_rate"],
+        seconds=seconds, requests=got["measured"], p50_ms=got["p50_ms"], p90_ms=got["p90_ms"],
+        p99_ms=got["p99_ms"], max_ms=got["max_ms"], errors=got["errors"],
+        non2xx=got["non2xx"], lag_p50_ms=got["lag_p50_ms"], lag_p99_ms=got["lag_p99_ms"],
+        client_cpu_share=round(got["cpu"] / got["wall"], 3) if got["wall"] else 0.0,
+        cpu_ms_per_1k=cpu_ms, server_cpu_share=share, idle=idle)
