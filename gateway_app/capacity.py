@@ -2,7 +2,8 @@
 
 The input is history entries: those a gateway keeps in memory (its ``/metrics`` document, live
 or saved to files) and those its JSON-lines history file kept (gateway_app/history_file.py).
-Per endpoint, per model and for the instance, the report gives calls, failures, tokens, TPM
+Per endpoint (the /lb list and the backends of deployment pools), per model and for the
+instance, the report gives calls, failures, tokens, TPM
 (average, 95th percentile, peak interval), RPM, average latency, and the Provisioned
 Throughput Units that the 95th-percentile and the peak TPM would need. Served as JSON by
 ``GET {prefix}/capacity``, and on the command line: ``python -m gateway_app.capacity --help``.
@@ -86,11 +87,17 @@ def intervals_from_metrics(document: Mapping[str, Any], where: str = "metrics",
         minutes = float(minutes or document["collectionInterval"])
         instance = str(document.get("instanceName", ""))
         return [_interval(instance, instance, e["endpoint"], e["priority"], entry, minutes)
-                for e in document["endpointMetrics"]
+                for e in _endpoints_of(document)
                 for entry in e["metrics"]["history"].values()]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{where}: not a /metrics document of the gateway "
                          f"({type(exc).__name__}: {exc})") from None
+
+
+def _endpoints_of(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The /lb endpoints of a /metrics document, then the backends of its deployment pools."""
+    pools = document.get("deploymentMetrics", {})
+    return [*document["endpointMetrics"], *(b for backends in pools.values() for b in backends)]
 
 
 def intervals_from_history(lines: Iterable[str], where: str = "history",
@@ -343,7 +350,7 @@ def live_report(metrics_document: Mapping[str, Any], section: Mapping[str, Any] 
                 ) -> dict[str, Any]:
     """The report over what a running gateway keeps in memory."""
     intervals = intervals_from_metrics(metrics_document)
-    endpoints = [(e["endpoint"], e["priority"]) for e in metrics_document["endpointMetrics"]]
+    endpoints = [(e["endpoint"], e["priority"]) for e in _endpoints_of(metrics_document)]
     return build_report(intervals, Planning.from_section(section), endpoints,
                         instance=metrics_document.get("instanceName", ""),
                         interval_minutes=metrics_document.get("collectionInterval"))

@@ -415,3 +415,23 @@ def test_cli_errors(tmp_path):
     empty.write_text("")
     done = run_cli("--history", str(empty))
     assert done.returncode == 1 and "no closed interval" in done.stderr
+
+
+def test_capacity_report_includes_deployment_pools(fake, start_gateway):
+    lb, pooled = fake(), fake(default=reply(200, chat_body(tokens=100)))
+    pool = {"deployments": {"gpt-4o-mini": {"backends": [
+        {"endpoint": pooled.base, "deployment": "gpt-4o-mini-east", "apikey": "k"}]}}}
+    gw = start_gateway([lb.uri("primary")], env=FAST, sections=pool)
+    url = f"{gw.base}/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+    assert gw.http.post(url, json={"messages": []}, timeout=10).status_code == 200
+
+    def pooled_history() -> bool:
+        backend = gw.metrics()["deploymentMetrics"]["gpt-4o-mini"][0]
+        return any(e["collectedMetrics"]["noOfApiCalls"]
+                   for e in backend["metrics"]["history"].values())
+    wait_until(pooled_history)
+    rows = rows_by_scope(gw.get("capacity").json())
+    by_deployment = {r["deployment"]: r for r in rows["endpoint"]}
+    assert set(by_deployment) == {"primary", "gpt-4o-mini-east"}
+    assert by_deployment["gpt-4o-mini-east"]["calls"] == 1
+    assert by_deployment["gpt-4o-mini-east"]["model"] == "gpt-4o-mini"  # from the name
