@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,24 @@ def wait_serving(url: str, proc: subprocess.Popen) -> None:
         except requests.ConnectionError:
             return False
     wait_until(up, timeout=20, interval=0.1)
+
+
+@contextmanager
+def wsgi_process(tmp_path: Path, backends: list, **env: str
+                 ) -> Iterator[tuple[subprocess.Popen, str, int]]:
+    """``python wsgi.py`` in front of ``backends`` on a free port, serving; killed at the end
+    if the test left it running. Yields the process, the route prefix and the port."""
+    port = free_port()
+    full_env = {**base_env(write_config(tmp_path / "c.json", backends)),
+                "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1", **env}
+    proc = start([sys.executable, "wsgi.py"], full_env)
+    try:
+        prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
+        wait_serving(f"{prefix}/healthz", proc)
+        yield proc, prefix, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.fixture
@@ -75,14 +95,8 @@ def test_both_launchers_serve_the_gateway(process_env, launcher):
 def test_sigterm_lets_a_slow_stream_finish_then_exits_0(tmp_path, fake):
     backend = fake().script(stream([*(sse_event(chunk(i, "x")) for i in range(6)), DONE_EVENT],
                                    gap=0.3))
-    port = free_port()
-    env = {**base_env(write_config(tmp_path / "c.json", [backend])),
-           "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1",
-           "API_GATEWAY_SHUTDOWN_GRACE": "20", "API_GATEWAY_LOG_LEVEL": "info"}
-    proc = start([sys.executable, "wsgi.py"], env)
-    prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
-    try:
-        wait_serving(f"{prefix}/healthz", proc)
+    with wsgi_process(tmp_path, [backend], API_GATEWAY_SHUTDOWN_GRACE="20",
+                      API_GATEWAY_LOG_LEVEL="info") as (proc, prefix, port):
         received: list[bytes] = []
 
         def client() -> None:
@@ -100,9 +114,6 @@ def test_sigterm_lets_a_slow_stream_finish_then_exits_0(tmp_path, fake):
         assert proc.wait(15) == 0
         output = proc.stdout.read()
         assert "signal SIGTERM" in output and "stopped" in output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def _refused(port: int) -> bool:
@@ -115,42 +126,24 @@ def _refused(port: int) -> bool:
 
 def test_grace_period_bounds_the_wait(tmp_path, fake):
     backend = fake().script(stream([sse_event(chunk(i, "x")) for i in range(100)], gap=0.2))
-    port = free_port()
-    env = {**base_env(write_config(tmp_path / "c.json", [backend])),
-           "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1",
-           "API_GATEWAY_SHUTDOWN_GRACE": "0.5"}
-    proc = start([sys.executable, "wsgi.py"], env)
-    prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
-    try:
-        wait_serving(f"{prefix}/healthz", proc)
+    with wsgi_process(tmp_path, [backend], API_GATEWAY_SHUTDOWN_GRACE="0.5") as (proc, prefix,
+                                                                                 _port):
         r = requests.post(f"{prefix}/lb", json={"stream": True}, stream=True, timeout=30)
         next(r.iter_lines())
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         assert time.monotonic() - started < 10
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_graceful_stop_writes_the_open_interval_to_the_history_file(tmp_path, fake):
     backend = fake()
-    port = free_port()
     history = tmp_path / "history.jsonl"
-    env = {**base_env(write_config(tmp_path / "c.json", [backend])),
-           "API_GATEWAY_PORT": str(port), "API_GATEWAY_HOST": "127.0.0.1",
-           "API_GATEWAY_METRICS_HISTORY_FILE": str(history)}
-    proc = start([sys.executable, "wsgi.py"], env)
-    prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
-    try:
-        wait_serving(f"{prefix}/healthz", proc)
+    with wsgi_process(tmp_path, [backend],
+                      API_GATEWAY_METRICS_HISTORY_FILE=str(history)) as (proc, prefix, _port):
         assert requests.post(f"{prefix}/lb", json={}, timeout=10).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     [line] = history.read_text().splitlines()
     entry = json.loads(line)
     assert entry["endpoint"] == backend.uri()
