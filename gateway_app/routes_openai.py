@@ -7,13 +7,13 @@ by the body's ``model``, with the pool's api-version.
 
 from __future__ import annotations
 
-import time
 from urllib.parse import quote
 
 from flask import Response, jsonify, request
 
 from .blueprint import ROOT, bp
 from .errors import json_error
+from .proxy import Call
 from .registry import Backend
 from .routes import client_gone, gateway, read_call, relay
 
@@ -23,6 +23,12 @@ V1_OPERATIONS = {"chat/completions", "completions", "embeddings"}
 def _unknown(name: str) -> Response:
     return json_error(404, "DeploymentNotFound",
                       f"The deployment {name!r} is not configured on this gateway.")
+
+
+def _forward(call: Call, backends: list[Backend], tail: str) -> Response:
+    """Send ``call`` to the pool's ``backends``, each at its deployment URL + ``tail``."""
+    return relay(gateway().proxy.forward(call, client_gone(), backends,
+                                         lambda backend: backend.uri + tail))
 
 
 @bp.post(ROOT + "/openai/deployments/<name>/<path:operation>")
@@ -38,12 +44,7 @@ def azure_deployment(name: str, operation: str) -> Response:
     if isinstance(call, Response):
         return call
     query = request.query_string.decode("latin-1")
-    tail = f"/{quote(operation)}" + (f"?{query}" if query else "")
-
-    def target(backend: Backend) -> str:
-        return backend.uri + tail
-
-    return relay(gateway().proxy.forward(call, client_gone(), backends, target))
+    return _forward(call, backends, f"/{quote(operation)}" + (f"?{query}" if query else ""))
 
 
 @bp.post(ROOT + "/v1/<path:operation>")
@@ -58,21 +59,17 @@ def openai_v1(operation: str) -> Response:
     if not isinstance(name, str):
         return json_error(400, "InvalidRequest", "The body must name a deployment as model.")
     gw = gateway()
+    pool = gw.config.pools.get(name)  # read before the registry: a reload may remove it
     backends = gw.registry.pool_order(name)
-    if backends is None:
+    if pool is None or backends is None:
         return _unknown(name)
-    tail = f"/{operation}?api-version={gw.config.pools[name].api_version}"
-
-    def target(backend: Backend) -> str:
-        return backend.uri + tail
-
-    return relay(gw.proxy.forward(call, client_gone(), backends, target))
+    return _forward(call, backends, f"/{operation}?api-version={pool.api_version}")
 
 
 @bp.get(ROOT + "/v1/models")
 def openai_models() -> Response:
     """The pools, as the models an OpenAI client may name."""
-    created = int(gateway().started_at or time.time())
+    created = int(gateway().started_at)
     return jsonify({"object": "list",
                     "data": [{"id": name, "object": "model", "created": created,
                               "owned_by": "apirouter"}
