@@ -24,7 +24,7 @@ from .registry import Backend, Registry
 from .retry_after import retry_after_seconds, whole_seconds
 from .settings import Settings
 from .sse import EventSplitter, Usage, is_usage_only, usage_of
-from .telemetry import Telemetry
+from .telemetry import Telemetry, status_class
 from .transport import Reply
 
 log = logging.getLogger("apirouter.call")
@@ -109,12 +109,15 @@ class Proxy:
                 continue
             answer = self._attempt(backend, target(backend), call, outcome, client_gone)
             if answer is not None:
-                self.registry.count_client_call(served=True)
-                self.telemetry.client_call(served=True)
+                self._count(served=True)
                 return answer
-        self.registry.count_client_call(served=False)
-        self.telemetry.client_call(served=False)
+        self._count(served=False)
         return self._unavailable(call, outcome, backends)
+
+    def _count(self, served: bool) -> None:
+        """The instance's client-call totals, in /metrics and in Prometheus."""
+        self.registry.count_client_call(served)
+        self.telemetry.client_call(served)
 
     def _attempt(self, backend: Backend, url: str, call: Call, outcome: Outcome,
                  client_gone: Callable[[], bool]) -> Answer | None:
@@ -184,7 +187,8 @@ class Proxy:
 
     def _fault(self, backend: Backend, outcome: Outcome, reason: str) -> None:
         self.registry.failed(backend)
-        self.telemetry.refused(backend, "5xx" if reason.isdigit() else "error", "failed")
+        self.telemetry.refused(backend, status_class(int(reason)) if reason.isdigit() else "error",
+                               "failed")
         outcome.tried(backend, reason)
         return None
 

@@ -115,15 +115,18 @@ class GracefulServer:
         self.deadline = now + self.grace
         log.info("signal %s: no new connections; waiting up to %.0f s for %d call(s) in flight",
                  signal.Signals(signum).name, self.grace, self.in_flight.count)
-        for listener in [c for c in list(self.map.values()) if isinstance(c, BaseWSGIServer)]:
+        for listener in self._listeners():
             # wake the loop now rather than at its next timeout; called from another thread,
             # the loop may already have ended and closed the trigger
             with contextlib.suppress(OSError):
                 listener.pull_trigger()
 
+    def _listeners(self) -> list[BaseWSGIServer]:
+        return [c for c in list(self.map.values()) if isinstance(c, BaseWSGIServer)]
+
     def _close_listeners(self) -> None:
-        """Close the listening sockets (between loop passes: select must not see them go)."""
-        for listener in [c for c in list(self.map.values()) if isinstance(c, BaseWSGIServer)]:
+        """Close the listening sockets (between loop passes: poll must not see them go)."""
+        for listener in self._listeners():
             wasyncore.dispatcher.close(listener)
 
     def _drained(self) -> bool:
