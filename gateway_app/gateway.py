@@ -6,6 +6,7 @@ import logging
 import platform
 import threading
 import time
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -25,11 +26,16 @@ log = logging.getLogger("apirouter")
 VERSION = "0.1.0"
 
 
-def _package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
+@cache
+def runtime_versions() -> dict[str, str]:
+    """Python's and the stack's versions, looked up once (they cannot change while running)."""
+    versions = {"python": platform.python_version()}
+    for name in ("flask", "waitress", "requests", "marshmallow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
 
 
 class Gateway:
@@ -114,13 +120,7 @@ class Gateway:
                 "podNamespace": s.pod_namespace,
                 "podServiceAccount": s.pod_svc_account,
             },
-            "versions": {
-                "python": platform.python_version(),
-                "flask": _package_version("flask"),
-                "waitress": _package_version("waitress"),
-                "requests": _package_version("requests"),
-                "marshmallow": _package_version("marshmallow"),
-            },
+            "versions": runtime_versions(),
             "oaiEndpoints": self.endpoints(),
             # only with pools configured, so the original's shape is unchanged without them
             **({"deployments": self.pools()} if self.registry.pools() else {}),
