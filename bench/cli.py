@@ -1,6 +1,7 @@
 """``python bench/run.py``: every phase of the benchmark in one bounded run.
 
-1. load: wrk at each connection count against nginx directly, through the gateway and (when
+1. load: wrk at each connection count against nginx directly, through the gateway, through
+   the floor (the least a proxy on the gateway's own stack costs, bench/floor.py) and (when
    available) through the LiteLLM proxy, all on 127.0.0.1, interleaved level by level; then
    an open loop (16 connections at a fixed rate well below the gateway's capacity) against
    nginx directly and through the gateway;
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import litellm, report, streams
+from .floor import FloorProcess
 from .gateway import GatewayProcess, git_revision
 from .load import measure, measure_open
 from .nginx import NginxFake
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gateway-threads", type=int, default=512,
         help="API_GATEWAY_THREADS for the load phase (the streams phase uses calls + 64)")
     add("--gateway-log-level", default="info", help="API_GATEWAY_LOG_LEVEL (default info)")
+    add("--no-floor", action="store_true",
+        help="do not measure the floor (a bare proxy on the gateway's stack) in the load phase")
     add("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
     add("--out", type=Path, help="results directory (default bench/results; quick: .../tmp)")
     add("--label", default="", help="suffix for the result file name, e.g. a change's name")
@@ -153,26 +157,32 @@ class Run:
             gateway = stack.enter_context(GatewayProcess(
                 args.gateway_dir, workdir, [fake.url], args.gateway_threads, self.server_cpu,
                 args.gateway_log_level))
+            targets: list[tuple[str, str, Any]] = [("direct", fake.url, None),
+                                                   ("gateway", gateway.url, gateway)]
+            if not args.no_floor:
+                floor = stack.enter_context(FloorProcess(
+                    args.gateway_dir, workdir, [fake.url], args.gateway_threads, self.server_cpu))
+                targets.append(("floor", floor.url, floor))
             proxy = self._start_litellm(stack, workdir, fake.port) if self.use_litellm else None
-            targets = [("direct", fake.url, None), ("gateway", gateway.url, gateway.pid)]
             if proxy is not None:
-                targets.append(("litellm", proxy.url, proxy.pid))
+                targets.append(("litellm", proxy.url, proxy))
             per_level = len(targets) * (self.duration + self.warmup + 1)
             for conns in args.connections:
                 if not self.room_for(per_level, f"wrk at {conns} connections"):
                     break
-                for name, url, pid in targets:
+                for name, url, server in targets:
                     body = litellm.LiteLLMProxy.body() if name == "litellm" else GATEWAY_BODY
-                    if pid is not None and not _alive(gateway if name == "gateway" else proxy):
+                    if server is not None and not _alive(server):
                         self.note(f"{name} is no longer running; its remaining levels are skipped")
                         continue
-                    r = measure(name, url, body, conns, self.duration, self.warmup, pid,
-                                self.load_cpu, self.wrk_threads)
+                    r = measure(name, url, body, conns, self.duration, self.warmup,
+                                server and server.pid, self.load_cpu, self.wrk_threads)
                     print(f"  load {name:8} c={conns:<4} {r.rps:>10,.0f} req/s  "
                           f"p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f} ms  "
                           f"errors {r.errors + r.non2xx}", flush=True)
                     results.append(r.to_json())
-            self._open_loop(targets[:2], gateway, results)
+            self.result["floor"] = report.floor_split(results)
+            self._open_loop(targets[:2], results)
             if _alive(gateway):
                 self.result["gateway_memory"] = gateway.memory()
             else:
@@ -192,7 +202,7 @@ class Run:
         return rate, (f"{OPEN_SHARE:.0%} of the gateway's closed-loop {ref['rps']:,.0f} req/s "
                       f"at {conns} connections")
 
-    def _open_loop(self, targets: list[tuple[str, str, int | None]], gateway: GatewayProcess,
+    def _open_loop(self, targets: list[tuple[str, str, Any]],
                    closed: list[dict[str, Any]]) -> None:
         rate, why = self._open_rate(closed)
         if rate <= 0:
@@ -204,12 +214,12 @@ class Run:
         if not self.room_for(len(targets) * (self.duration + self.warmup + 1),
                              f"the open loop at {rate:g} req/s"):
             return
-        for name, url, pid in targets:
-            if pid is not None and not _alive(gateway):
-                self.note("the gateway is no longer running; its open loop is skipped")
+        for name, url, server in targets:
+            if server is not None and not _alive(server):
+                self.note(f"the {name} is no longer running; its open loop is skipped")
                 continue
             r = measure_open(name, url, GATEWAY_BODY, conns, rate, self.duration,
-                             max(self.warmup, 0.5), pid, self.load_cpu)
+                             max(self.warmup, 0.5), server and server.pid, self.load_cpu)
             print(f"  open {name:8} c={conns:<4} {r.achieved_rate:>10,.0f} req/s  "
                   f"p50 {r.p50_ms or 0:8.3f} ms  p99 {r.p99_ms or 0:8.3f} ms  "
                   f"errors {r.errors + r.non2xx}  client lag p99 {r.lag_p99_ms or 0:.3f} ms  "
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                      "connections": args.connections, "streams": run.stream_levels,
                      "open_connections": args.open_connections,
                      "gateway_threads": args.gateway_threads,
-                     "gateway_log_level": args.gateway_log_level,
+                     "gateway_log_level": args.gateway_log_level, "floor": not args.no_floor,
                      "gateway_dir": str(args.gateway_dir)},
         "machine": machine_info(), "versions": _versions(args),
         "pinning": run.pinning.describe(), "machine_before": machine_state(),

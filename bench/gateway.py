@@ -32,7 +32,14 @@ def git_revision(directory: Path) -> str:
 
 
 class GatewayProcess:
-    """One gateway process serving ``backend_urls`` (in priority order) on 127.0.0.1."""
+    """One gateway process serving ``backend_urls`` (in priority order) on 127.0.0.1.
+
+    ``name`` and ``command`` (after the interpreter, run from ``source``) say what is served;
+    a subclass serving something else with the same environment changes them.
+    """
+
+    name = "gateway"
+    command: tuple[str, ...] = ("wsgi.py",)
 
     def __init__(self, source: Path, workdir: Path, backend_urls: list[str], threads: int,
                  taskset: list[str], log_level: str = "info",
@@ -46,7 +53,7 @@ class GatewayProcess:
         self.extra_env = extra_env or {}
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
-        self.log_path = workdir / f"gateway-{self.port}.log"
+        self.log_path = workdir / f"{self.name}-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -76,27 +83,31 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
-        config = self.dir / f"gateway-{self.port}.json"
+        config = self.dir / f"{self.name}-{self.port}.json"
         config.write_text(json.dumps({"endpoints": [
             {"uri": url, "apikey": "bench-key"} for url in self.backend_urls]}))
         with open(self.log_path, "wb") as log:  # a file: a pipe nobody reads would block
-            self.proc = subprocess.Popen([*self.taskset, sys.executable, "wsgi.py"],
+            self.proc = subprocess.Popen([*self.taskset, sys.executable, *self.command],
                                          cwd=self.source, env=self.environment(config),
                                          stdout=log, stderr=subprocess.STDOUT)
-        health = f"http://127.0.0.1:{self.port}{ROUTE}/healthz"
+        probe = self.probe()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited with status {self.proc.returncode}: "
+                raise RuntimeError(f"the {self.name} exited with status {self.proc.returncode}: "
                                    f"{self.log_tail()}")
             try:
-                with urllib.request.urlopen(health, timeout=1) as answer:
+                with urllib.request.urlopen(probe, timeout=1) as answer:
                     if answer.status == 200:
                         return self
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"the gateway did not answer {health} in {timeout:.0f} s")
+        raise RuntimeError(f"the {self.name} did not answer {probe.full_url} in {timeout:.0f} s")
+
+    def probe(self) -> urllib.request.Request:
+        """The call that answers 200 once the process is ready."""
+        return urllib.request.Request(f"http://127.0.0.1:{self.port}{ROUTE}/healthz")
 
     def log_tail(self, lines: int = 5) -> str:
         try:
