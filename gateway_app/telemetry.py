@@ -1,17 +1,29 @@
 """Prometheus metrics (text format), beside the original's JSON /metrics.
 
-Counters and histograms are updated by the proxy as calls end; availability and in-flight
-gauges are read from the registry when Prometheus scrapes. Each app has its own
-CollectorRegistry, so several gateways can live in one process (tests do).
+The proxy records each call's numbers as plain counts under one lock; they become metric
+families only when Prometheus scrapes (prometheus_client's custom-collector pattern). Labelled
+Counter and Histogram objects would take a lock per value and look their children up on every
+call, which cost about 5% of the gateway's CPU per call. Availability and in-flight gauges are
+read from the registry at scrape time. Each app has its own CollectorRegistry, so several
+gateways can live in one process (tests do).
 """
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterator
+from functools import lru_cache
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .registry import Backend, Registry
@@ -22,6 +34,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 
+@lru_cache(maxsize=1024)
 def endpoint_label(uri: str) -> str:
     """The uri without its query string: stable and short enough for a label."""
     parts = urlsplit(uri)
@@ -30,6 +43,28 @@ def endpoint_label(uri: str) -> str:
 
 def status_class(status: int) -> str:
     return "429" if status == 429 else f"{status // 100}xx"
+
+
+class _Histogram:
+    """Counts per latency bucket (not cumulative), their sum and count."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: bound >= seconds
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        bounds = [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
+        cumulative, out = 0, []
+        for bound, count in zip(bounds, self.counts, strict=True):
+            cumulative += count
+            out.append((bound, cumulative))
+        return out
 
 
 class _StateCollector(Collector):
@@ -57,48 +92,84 @@ class _StateCollector(Collector):
 
 
 class Telemetry:
-    """The Prometheus side of one gateway."""
+    """The Prometheus side of one gateway: counts kept per call, families built per scrape."""
 
     def __init__(self, registry: Registry) -> None:
+        self._lock = threading.Lock()
+        self._calls: defaultdict[tuple[str, str], int] = defaultdict(int)  # endpoint, class
+        self._tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # endpoint, kind
+        self._cooldowns: defaultdict[tuple[str, str], int] = defaultdict(int)  # endpoint, why
+        self._latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self._ttft: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self._client_calls: defaultdict[str, int] = defaultdict(int)
         self.prometheus = CollectorRegistry()
-        r = self.prometheus
-        self.calls = Counter("apirouter_backend_calls", "Calls sent to an endpoint, by answer",
-                             ["endpoint", "status_class"], registry=r)
-        self.tokens = Counter("apirouter_tokens", "Tokens reported by an endpoint's usage",
-                              ["endpoint", "kind"], registry=r)
-        self.latency = Histogram("apirouter_backend_latency_seconds",
-                                 "Time from sending a call to its last byte",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("apirouter_time_to_first_token_seconds",
-                              "Time from sending a streamed call to its first event",
-                              ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.cooldowns = Counter("apirouter_cooldowns", "Cooldowns an endpoint entered",
-                                 ["endpoint", "reason"], registry=r)
-        self.client_calls = Counter("apirouter_client_calls",
-                                    "Client calls: served by an endpoint or by none",
-                                    ["outcome"], registry=r)
-        r.register(_StateCollector(registry))
+        self.prometheus.register(_CallCollector(self))
+        self.prometheus.register(_StateCollector(registry))
 
     def answered(self, backend: Backend, status: int, seconds: float,
                  usage: Usage | None, ttft: float | None = None) -> None:
         """An endpoint's answer was relayed (whole, or a stream that ended)."""
         label = endpoint_label(backend.uri)
-        self.calls.labels(label, status_class(status)).inc()
-        self.latency.labels(label).observe(seconds)
-        if ttft is not None:
-            self.ttft.labels(label).observe(ttft)
-        if usage is not None:
-            self.tokens.labels(label, "prompt").inc(usage.prompt)
-            self.tokens.labels(label, "completion").inc(usage.completion)
+        with self._lock:
+            self._calls[label, status_class(status)] += 1
+            self._latency[label].observe(seconds)
+            if ttft is not None:
+                self._ttft[label].observe(ttft)
+            if usage is not None:
+                self._tokens[label, "prompt"] += usage.prompt
+                self._tokens[label, "completion"] += usage.completion
 
     def refused(self, backend: Backend, status_or_error: str, reason: str) -> None:
         """An endpoint throttled (reason "throttled") or failed ("failed"): it cools down."""
         label = endpoint_label(backend.uri)
-        self.calls.labels(label, status_or_error).inc()
-        self.cooldowns.labels(label, reason).inc()
+        with self._lock:
+            self._calls[label, status_or_error] += 1
+            self._cooldowns[label, reason] += 1
 
     def client_call(self, served: bool) -> None:
-        self.client_calls.labels("served" if served else "unserved").inc()
+        with self._lock:
+            self._client_calls["served" if served else "unserved"] += 1
+
+    def families(self) -> list[Metric]:
+        """The call metrics as Prometheus families, copied under the lock."""
+        calls = CounterMetricFamily("apirouter_backend_calls",
+                                    "Calls sent to an endpoint, by answer",
+                                    labels=["endpoint", "status_class"])
+        tokens = CounterMetricFamily("apirouter_tokens",
+                                     "Tokens reported by an endpoint's usage",
+                                     labels=["endpoint", "kind"])
+        cooldowns = CounterMetricFamily("apirouter_cooldowns", "Cooldowns an endpoint entered",
+                                        labels=["endpoint", "reason"])
+        clients = CounterMetricFamily("apirouter_client_calls",
+                                      "Client calls: served by an endpoint or by none",
+                                      labels=["outcome"])
+        latency = HistogramMetricFamily("apirouter_backend_latency_seconds",
+                                        "Time from sending a call to its last byte",
+                                        labels=["endpoint"])
+        ttft = HistogramMetricFamily("apirouter_time_to_first_token_seconds",
+                                     "Time from sending a streamed call to its first event",
+                                     labels=["endpoint"])
+        with self._lock:
+            for family, counts in ((calls, self._calls), (tokens, self._tokens),
+                                   (cooldowns, self._cooldowns)):
+                for labels, value in counts.items():
+                    family.add_metric(list(labels), value)
+            for outcome, value in self._client_calls.items():
+                clients.add_metric([outcome], value)
+            for family, histograms in ((latency, self._latency), (ttft, self._ttft)):
+                for label, histogram in histograms.items():
+                    family.add_metric([label], histogram.buckets(), histogram.total)
+        return [calls, tokens, latency, ttft, cooldowns, clients]
 
     def render(self) -> bytes:
         return generate_latest(self.prometheus)
+
+
+class _CallCollector(Collector):
+    """Hands Prometheus the call metrics the Telemetry has counted."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.telemetry.families()

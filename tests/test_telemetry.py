@@ -1,0 +1,56 @@
+"""Prometheus families built from the per-call counts (no server needed: pure bookkeeping)."""
+
+from __future__ import annotations
+
+from gateway_app.sse import Usage
+from gateway_app.telemetry import LATENCY_BUCKETS, Telemetry
+
+
+class _Backend:
+    uri = "http://example.test/openai/deployments/a/chat/completions?api-version=2024-10-21"
+
+
+class _NoState:
+    def availability(self) -> list:
+        return []
+
+
+def _samples(telemetry: Telemetry) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in telemetry.prometheus.collect() for s in family.samples}
+
+
+def test_histogram_buckets_are_cumulative_and_include_their_bound():
+    telemetry = Telemetry(_NoState())
+    for seconds in (0.01, 0.025, 0.03, 1.0, 400.0):
+        telemetry.answered(_Backend(), 200, seconds, None)
+    samples = _samples(telemetry)
+    endpoint = ("endpoint", "http://example.test/openai/deployments/a/chat/completions")
+
+    def bucket(le: str) -> float:
+        return samples[("apirouter_backend_latency_seconds_bucket", (endpoint, ("le", le)))]
+
+    assert bucket("0.025") == 2  # 0.025 itself is "less than or equal"
+    assert bucket("0.05") == 3
+    assert bucket("1.0") == 4
+    assert bucket(str(float(LATENCY_BUCKETS[-1]))) == 4
+    assert bucket("+Inf") == 5
+    assert samples[("apirouter_backend_latency_seconds_count", (endpoint,))] == 5
+    assert abs(samples[("apirouter_backend_latency_seconds_sum", (endpoint,))] - 401.065) < 1e-9
+
+
+def test_counters_add_up_per_label():
+    telemetry = Telemetry(_NoState())
+    telemetry.answered(_Backend(), 200, 0.1, Usage(3, 2, 5))
+    telemetry.answered(_Backend(), 400, 0.1, None)
+    telemetry.refused(_Backend(), "429", "throttled")
+    telemetry.client_call(served=True)
+    telemetry.client_call(served=False)
+    samples = _samples(telemetry)
+    endpoint = ("endpoint", "http://example.test/openai/deployments/a/chat/completions")
+    assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "2xx")))] == 1
+    assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "4xx")))] == 1
+    assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "429")))] == 1
+    assert samples[("apirouter_cooldowns_total", (endpoint, ("reason", "throttled")))] == 1
+    assert samples[("apirouter_tokens_total", (endpoint, ("kind", "prompt")))] == 3
+    assert samples[("apirouter_client_calls_total", (("outcome", "unserved"),))] == 1
