@@ -20,16 +20,23 @@ def usage_of(payload: bytes) -> Usage | None:
     """``usage`` of an OpenAI JSON answer or stream event, read without decoding the JSON.
 
     A quote inside a JSON string is escaped, so the pattern only matches real keys; later
-    matches win because usage comes after the choices.
+    matches win because usage comes after the choices. The search starts at the last
+    ``"usage"`` key, which spares scanning the answer's text; if that finds nothing (the word
+    was a string value after the real key), the whole payload is scanned.
     """
-    found: dict[bytes, int] = {}
-    for match in _USAGE_FIELD.finditer(payload):
-        found[match.group(1)] = int(match.group(2))
+    start = payload.rfind(b'"usage"')
+    found = _usage_fields(payload, max(start, 0))
+    if b"total_tokens" not in found and start > 0:
+        found = _usage_fields(payload, 0)
     if b"total_tokens" not in found:
         return None
     prompt = found.get(b"prompt_tokens", 0)
     total = found[b"total_tokens"]
     return Usage(prompt, found.get(b"completion_tokens", max(0, total - prompt)), total)
+
+
+def _usage_fields(payload: bytes, start: int) -> dict[bytes, int]:
+    return {m.group(1): int(m.group(2)) for m in _USAGE_FIELD.finditer(payload, start)}
 
 
 class EventSplitter:

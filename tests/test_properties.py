@@ -1,4 +1,5 @@
-"""Property-based tests (hypothesis) of the configuration schema and the retry-after parser.
+"""Property-based tests (hypothesis) of the configuration schema, the retry-after parser and
+the usage reader.
 
 ``parse_config`` must answer any JSON-like document with a GatewayConfig or a ConfigError, never
 another exception, and never echo a key. ``retry_after_seconds`` must never raise and stay within
@@ -8,6 +9,7 @@ themselves, so a field added to the configuration is exercised without touching 
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -20,6 +22,7 @@ from requests.structures import CaseInsensitiveDict
 
 from gateway_app.config import ConfigError, ConfigSchema, GatewayConfig, parse_config
 from gateway_app.retry_after import retry_after_seconds, whole_seconds
+from gateway_app.sse import Usage, usage_of
 
 SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -219,3 +222,33 @@ def test_retry_after_date_is_the_time_left(delta: int, cap: float) -> None:
 def test_whole_seconds_rounds_up_to_at_least_one(seconds: float) -> None:
     whole = whole_seconds(seconds)
     assert isinstance(whole, int) and whole >= 1 and whole >= seconds - 1e-6
+
+
+# --- usage_of -----------------------------------------------------------------------------
+
+TRICKY_TEXT = st.text(max_size=40) | st.sampled_from([
+    "usage", '"usage"', '"total_tokens": 99', 'usage":{"total_tokens":7}', "\\", "\n\n"])
+COUNTS = st.integers(min_value=0, max_value=10**7)
+
+
+@SETTINGS
+@given(content=TRICKY_TEXT, after=TRICKY_TEXT, prompt=COUNTS, completion=COUNTS,
+       compact=st.booleans(), details=st.booleans())
+def test_usage_of_reads_the_real_usage_whatever_the_text_says(content, after, prompt,
+                                                              completion, compact, details):
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+    if details:
+        usage["prompt_tokens_details"] = {"cached_tokens": 0}
+    answer = {"choices": [{"message": {"content": content}}], "usage": usage,
+              "system_fingerprint": after}
+    separators = (",", ":") if compact else (", ", ": ")
+    payload = json.dumps(answer, separators=separators).encode()
+    assert usage_of(payload) == Usage(prompt, completion, prompt + completion)
+
+
+@SETTINGS
+@given(content=TRICKY_TEXT)
+def test_usage_of_finds_nothing_without_usage(content):
+    payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+    assert usage_of(payload) is None
