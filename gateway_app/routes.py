@@ -61,7 +61,7 @@ def read_call(json_only: bool = True) -> Call | Response:
     if not json_only and not request.is_json:
         return Call(body=body, payload={}, headers=request.headers, request_id=rid,
                     client=g.get("client"), content_type=request.content_type)
-    if not body.strip():
+    if not body or body.isspace():  # isspace: no copy of a large body
         return json_error(400, "InvalidRequest",
                           "The request body is empty; send an OpenAI request as a JSON object.")
     try:
