@@ -156,7 +156,7 @@ class Proxy:
             response.close()
             return self._fault(backend, outcome, type(exc).__name__)
         outcome.tried(backend, str(status))
-        headers = client_headers(response.raw.headers.items(), call.request_id,
+        headers = client_headers(response.raw.headers.iteritems(), call.request_id,
                                  backend.priority, len(outcome.attempts))
         if streamed:
             relay = StreamRelay(self, backend, response, call, outcome, started, content,
