@@ -2,9 +2,10 @@
 
 1. load: wrk at each connection count against nginx directly, through the gateway, through
    the floor (the least a proxy on the gateway's own stack costs, bench/floor.py) and (when
-   available) through the LiteLLM proxy, all on 127.0.0.1, interleaved level by level; then
-   an open loop (16 connections at a fixed rate well below the gateway's capacity) against
-   nginx directly and through the gateway;
+   available) through the LiteLLM proxy, all on 127.0.0.1, interleaved level by level; at one
+   level (16 connections by default) also the floor's lower rungs, waitress alone and Flask
+   alone (the stack ladder); then an open loop (16 connections at a fixed rate well below the
+   gateway's capacity) against nginx directly and through the gateway;
 2. streams: many concurrent ~2 s streamed calls, directly to the simulator and through one
    gateway process;
 3. results: a JSON file under bench/results/, latest.md, and the block of docs/performance.md.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import litellm, report, streams
-from .floor import FloorProcess
+from .floor import RUNGS, FloorProcess
 from .gateway import GatewayProcess, git_revision
 from .load import measure, measure_open
 from .nginx import NginxFake
@@ -40,6 +41,10 @@ DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")
 OPEN_CONNECTIONS = 16
 OPEN_SHARE = 0.25
 OPEN_FALLBACK_RATE = 400.0
+# The one wrk connection count at which the floor's lower rungs are measured.
+LADDER_CONNECTIONS = 16
+# Seconds to start and stop one rung's process, for the budget.
+LADDER_START_S = 2.0
 GATEWAY_BODY = ('{"messages":[{"role":"system","content":"You are a helpful assistant."},'
                 '{"role":"user","content":"Say hello."}],"max_tokens":16}')
 
@@ -90,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gateway-log-level", default="info", help="API_GATEWAY_LOG_LEVEL (default info)")
     add("--no-floor", action="store_true",
         help="do not measure the floor (a bare proxy on the gateway's stack) in the load phase")
+    add("--ladder-connections", type=int, default=LADDER_CONNECTIONS,
+        help="wrk connection count at which the floor's lower rungs (waitress alone, Flask "
+             "alone) are measured, after that level's targets (default 16; 0 skips them)")
     add("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
     add("--out", type=Path, help="results directory (default bench/results; quick: .../tmp)")
     add("--label", default="", help="suffix for the result file name, e.g. a change's name")
@@ -171,22 +179,46 @@ class Run:
                 if not self.room_for(per_level, f"wrk at {conns} connections"):
                     break
                 for name, url, server in targets:
-                    body = litellm.LiteLLMProxy.body() if name == "litellm" else GATEWAY_BODY
                     if server is not None and not _alive(server):
                         self.note(f"{name} is no longer running; its remaining levels are skipped")
                         continue
-                    r = measure(name, url, body, conns, self.duration, self.warmup,
-                                server and server.pid, self.load_cpu, self.wrk_threads)
-                    print(f"  load {name:8} c={conns:<4} {r.rps:>10,.0f} req/s  "
-                          f"p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f} ms  "
-                          f"errors {r.errors + r.non2xx}", flush=True)
-                    results.append(r.to_json())
+                    self._closed_loop(name, url, server, conns)
+                if conns == args.ladder_connections:
+                    self._ladder(workdir, fake.url, conns)
+            if args.ladder_connections > 0 and args.ladder_connections not in args.connections:
+                self.note(f"stack ladder skipped: {args.ladder_connections} is not one of the "
+                          "wrk connection counts")
             self.result["floor"] = report.floor_split(results)
+            self.result["ladder"] = report.ladder(results, args.ladder_connections)
             self._open_loop(targets[:2], results)
             if _alive(gateway):
                 self.result["gateway_memory"] = gateway.memory()
             else:
                 self.note(f"the gateway died during the load phase: {gateway.log_tail(3)}")
+
+    def _closed_loop(self, name: str, url: str, server: Any, conns: int) -> None:
+        """One wrk run against ``name`` at ``conns``, printed and added to the load results."""
+        body = litellm.LiteLLMProxy.body() if name == "litellm" else GATEWAY_BODY
+        r = measure(name, url, body, conns, self.duration, self.warmup,
+                    server and server.pid, self.load_cpu, self.wrk_threads)
+        print(f"  load {name:8} c={conns:<4} {r.rps:>10,.0f} req/s  "
+              f"p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f} ms  "
+              f"errors {r.errors + r.non2xx}", flush=True)
+        self.result["load"].append(r.to_json())
+
+    def _ladder(self, workdir: Path, backend: str, conns: int) -> None:
+        """The floor's lower rungs at ``conns``: each served like the floor, on the server CPU,
+        started, measured and stopped in turn."""
+        if not self.room_for(len(RUNGS) * (self.duration + self.warmup + 1 + LADDER_START_S),
+                             f"the stack ladder at {conns} connections"):
+            return
+        for kind in RUNGS:
+            try:
+                with FloorProcess(self.args.gateway_dir, workdir, [backend],
+                                  self.args.gateway_threads, self.server_cpu, kind=kind) as rung:
+                    self._closed_loop(kind, rung.url, rung, conns)
+            except RuntimeError as exc:
+                self.note(f"stack ladder: {kind} failed: {exc}")
 
     def _open_rate(self, closed: list[dict[str, Any]]) -> tuple[float, str]:
         """The open loop's total rate, and how it was chosen."""
@@ -295,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                      "open_connections": args.open_connections,
                      "gateway_threads": args.gateway_threads,
                      "gateway_log_level": args.gateway_log_level, "floor": not args.no_floor,
+                     "ladder_connections": args.ladder_connections,
                      "gateway_dir": str(args.gateway_dir)},
         "machine": machine_info(), "versions": _versions(args),
         "pinning": run.pinning.describe(), "machine_before": machine_state(),

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .system import cpu_seconds, cpu_times, idle_shares, loadavg, status_fields
+from .system import cpu_seconds, cpu_split, cpu_times, idle_shares, loadavg, status_fields
 
 LUA = Path(__file__).with_name("post.lua")
 OPEN_CLIENT = Path(__file__).with_name("open_loop_client.py")
@@ -33,6 +33,7 @@ class LoadResult:
     errors: int  # socket errors: connect, read, write, timeouts
     non2xx: int
     cpu_ms_per_1k: float | None  # the server's CPU per 1,000 calls
+    sys_ms_per_1k: float | None  # its system (kernel) part; the rest is user time
     server_cpu_share: float | None  # the server's CPU seconds per wall second
     rss_mb: float | None  # the server's resident memory after the run
     idle: dict[str, float]  # idle share of each CPU during the run
@@ -64,7 +65,7 @@ def measure(target: str, url: str, body: str, connections: int, seconds: float,
     """Warm up, then one measured wrk run, sampling the server's CPU and the machine's idle."""
     if warmup > 0:
         run_wrk(url, connections, warmup, body, taskset, wrk_threads)
-    cpu0 = cpu_seconds(server_pid) if server_pid else None
+    cpu0 = cpu_split(server_pid) if server_pid else (0.0, 0.0)
     times0 = cpu_times()
     started = time.monotonic()
     totals = run_wrk(url, connections, seconds, body, taskset, wrk_threads)
@@ -72,10 +73,12 @@ def measure(target: str, url: str, body: str, connections: int, seconds: float,
     idle = idle_shares(times0, cpu_times())
     requests = int(totals["requests"])
     duration = totals["duration_us"] / 1e6 or wall
-    cpu_ms = share = rss = None
+    cpu_ms = sys_ms = share = rss = None
     if server_pid:
-        spent = cpu_seconds(server_pid) - (cpu0 or 0.0)
-        cpu_ms = round(spent * 1000 / (requests / 1000), 3) if requests else None
+        user1, system1 = cpu_split(server_pid)
+        spent, system = user1 + system1 - sum(cpu0), system1 - cpu0[1]
+        if requests:
+            cpu_ms, sys_ms = (round(s * 1000 / (requests / 1000), 3) for s in (spent, system))
         share = round(spent / wall, 3)
         rss = round(status_fields(server_pid)["VmRSS"] / 1024, 1)
     return LoadResult(
@@ -85,8 +88,8 @@ def measure(target: str, url: str, body: str, connections: int, seconds: float,
         p99_ms=totals["p99_us"] / 1000, max_ms=totals["max_us"] / 1000,
         errors=int(totals["connect_errors"] + totals["read_errors"] + totals["write_errors"]
                    + totals["timeouts"]),
-        non2xx=int(totals["non2xx"]), cpu_ms_per_1k=cpu_ms, server_cpu_share=share,
-        rss_mb=rss, idle=idle, loadavg=loadavg())
+        non2xx=int(totals["non2xx"]), cpu_ms_per_1k=cpu_ms, sys_ms_per_1k=sys_ms,
+        server_cpu_share=share, rss_mb=rss, idle=idle, loadavg=loadavg())
 
 
 @dataclass

@@ -16,6 +16,15 @@ MAX_CPU_MS_PER_CALL = 0.5
 MAX_STREAM_RSS_MB = 150.0
 MIN_LITELLM_RATIO = 3.0
 
+# The stack ladder, bottom up: (target, row label, what the step over the row before is).
+LADDER = (
+    ("waitress", "waitress alone", None),
+    ("flask", "+ Flask", "Flask adds"),
+    ("floor", "+ the Transport call (= floor)",
+     "the backend call through urllib3/http.client adds"),
+    ("gateway", "the gateway", "the gateway's own work adds"),
+)
+
 
 def write_json(run: dict[str, Any], directory: Path) -> Path:
     """``<directory>/<date>[-label].json``; never overwrites an earlier run."""
@@ -97,6 +106,7 @@ def _load_section(run: dict[str, Any]) -> list[str]:
                       "from 16 connections on is queueing (about connections / req/s, Little's "
                       "law), not the gateway's own time per call; the open loop below measures "
                       "that."]
+    lines += _ladder_section(run)
     lines += _open_section(run)
     memory = run.get("gateway_memory") or {}
     if memory:
@@ -120,6 +130,52 @@ def floor_split(load: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "own_cpu_ms": round(gateway_ms - floor_ms, 3),
                      "own_share": round((gateway_ms - floor_ms) / gateway_ms, 3)})
     return rows
+
+
+def ladder(load: list[dict[str, Any]], conns: int) -> dict[str, Any] | None:
+    """The stack ladder at ``conns``: each rung's CPU ms/call (user and system) and its step
+    over the rung below; None when neither lower rung was measured there."""
+    at = {r["target"]: r for r in load if r["connections"] == conns and r["cpu_ms_per_1k"]}
+    if not at.keys() & {"waitress", "flask"}:
+        return None
+    rows, below = [], None
+    for target, _, _ in LADDER:
+        r = at.get(target)
+        if r is None:  # no step across a missing rung
+            below = None
+            continue
+        cpu, system = r["cpu_ms_per_1k"] / 1000, r.get("sys_ms_per_1k")
+        rows.append({"target": target, "cpu_ms": round(cpu, 3),
+                     "user_ms": None if system is None else round(cpu - system / 1000, 3),
+                     "sys_ms": None if system is None else round(system / 1000, 3),
+                     "step_ms": None if below is None else round(cpu - below, 3)})
+        below = cpu
+    return {"connections": conns, "rows": rows}
+
+
+def _ladder_section(run: dict[str, Any]) -> list[str]:
+    found = run.get("ladder")
+    if not found:
+        return []
+    labels = {target: (label, step) for target, label, step in LADDER}
+    lines = [
+        "", f"### Where the floor's CPU goes: {found['connections']} connections, wrk",
+        "",
+        "Each rung is served by waitress with the gateway's options, pinned to the same CPU, "
+        "in the same run (`bench/floor.py`). waitress alone: a bare WSGI callable that reads "
+        "the body and answers nginx's JSON; + Flask: the floor's Flask view answering that "
+        "JSON itself; + the Transport call: the floor, which posts the body to nginx through "
+        "the gateway's Transport and returns its answer.",
+        "",
+        "| stack | server CPU ms/call | user ms | sys ms | step |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in found["rows"]:
+        label, step = labels[r["target"]]
+        said = "-" if r["step_ms"] is None else f"{step} {r['step_ms']:.3f} ms"
+        lines.append(f"| {label} | {_num(r['cpu_ms'], 3)} | {_num(r['user_ms'], 3)} "
+                     f"| {_num(r['sys_ms'], 3)} | {said} |")
+    return lines
 
 
 def _peak_split(load: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:

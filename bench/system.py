@@ -99,17 +99,23 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of ``pid`` and its live descendants."""
-    total = 0
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its live descendants."""
+    user = system = 0
     for member in process_tree(pid):
         try:
             stat = Path(f"/proc/{member}/stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / CLOCK_TICKS
+        user += int(fields[11])  # utime (field 14)
+        system += int(fields[12])  # stime (field 15)
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of ``pid`` and its live descendants."""
+    return sum(cpu_split(pid))
 
 
 def status_fields(pid: int) -> dict[str, int]:
