@@ -20,6 +20,7 @@ import urllib3
 
 from .errors import error_body
 from .headers import backend_headers, client_headers
+from .logs import Fields, log_fields
 from .registry import Backend, Registry
 from .retry_after import retry_after_seconds, whole_seconds
 from .settings import Settings
@@ -41,7 +42,7 @@ class Call:
 
     body: bytes
     payload: dict
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # the client's headers to pass on (headers.FORWARDED)
     request_id: str
     client: str | None = None  # the client key's name, when keys are required
     content_type: str | None = None  # a body that is not JSON is passed on with its type
@@ -298,10 +299,10 @@ def log_call(call: Call, outcome: Outcome, status: int, seconds: float,
     level = logging.INFO if backend is not None else logging.WARNING
     if not log.isEnabledFor(level):
         return
-    fields = {"request_id": call.request_id, "client": call.client or "-",
-              "endpoint": backend.priority if backend else "-",
-              "attempts": ",".join(outcome.attempts) or "-", "status": status,
-              "latency_ms": round(seconds * 1000, 1)}
+    fields: Fields = {"request_id": call.request_id, "client": call.client or "-",
+                      "endpoint": backend.priority if backend else "-",
+                      "attempts": ",".join(outcome.attempts) or "-", "status": status,
+                      "latency_ms": round(seconds * 1000, 1)}
     if ttft is not None:
         fields["ttft_ms"] = round(ttft * 1000, 1)
     if usage is not None:
@@ -311,4 +312,4 @@ def log_call(call: Call, outcome: Outcome, status: int, seconds: float,
         fields["stream"] = stream
     if retry_after is not None:
         fields["retry_after_s"] = round(retry_after, 3)
-    log.log(level, "call served" if backend else "call unserved", extra={"fields": fields})
+    log_fields(log, level, "call served" if backend else "call unserved", fields)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 
+from gateway_app.logs import JsonFormatter, TextFormatter
 from tests.fakes import chat_body, chunk, reply, sse_event, stream, throttle
 
 USAGE = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2,
@@ -68,7 +71,52 @@ def test_one_json_line_per_call(fake, start_gateway, capsys):
     assert call["total_tokens"] == 12 and call["latency_ms"] > 0
 
 
+def test_one_text_line_per_call(fake, start_gateway, capsys):
+    gw = start_gateway([fake(default=reply(200, chat_body(tokens=12)))],
+                       env={"API_GATEWAY_LOG_LEVEL": "info"})
+    gw.lb(headers={"x-request-id": "req-43"})
+    lines = [line for line in capsys.readouterr().err.splitlines() if "call served" in line]
+    assert len(lines) == 1
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO apirouter\.call call served "
+        r"request_id=req-43 client=- endpoint=0 attempts=0:200 status=200 latency_ms=[\d.]+ "
+        r"prompt_tokens=\d+ completion_tokens=\d+ total_tokens=12", lines[0]), lines[0]
+
+
+def test_call_lines_go_through_logging_when_someone_else_handles_them(fake, start_gateway,
+                                                                        capsys):
+    """A handler added to the call logger (an operator's own set-up) gets ordinary records."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    call_log = logging.getLogger("apirouter.call")
+    gw = start_gateway([fake()], env={"API_GATEWAY_LOG_LEVEL": "info"})
+    call_log.addHandler(handler)
+    try:
+        gw.lb(headers={"x-request-id": "req-44"})
+    finally:
+        call_log.removeHandler(handler)
+    served = [r for r in records if r.getMessage() == "call served"]
+    assert len(served) == 1 and served[0].fields["request_id"] == "req-44"
+    assert "req-44" in capsys.readouterr().err  # our handler still writes it too
+
+
 def test_warn_level_keeps_call_lines_out(fake, start_gateway, capsys):
     gw = start_gateway([fake()], env={"API_GATEWAY_LOG_LEVEL": "warn"})
     gw.lb()
     assert "call served" not in capsys.readouterr().err
+
+
+def test_log_lines_keep_exceptions_and_fields():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("apirouter", logging.ERROR, __file__, 1, "failed %s", ("x",),
+                                   sys.exc_info())
+    record.fields = {"request_id": "r-1"}
+    text = TextFormatter().format(record)
+    assert " ERROR apirouter failed x request_id=r-1\nTraceback" in text
+    assert text.endswith("ValueError: boom")
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "error" and entry["message"] == "failed x"
+    assert entry["request_id"] == "r-1" and entry["exception"].endswith("ValueError: boom")
