@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 # RFC 9110 section 7.6.1, plus the ones the server recomputes for the relayed body.
 HOP_BY_HOP = frozenset({
@@ -15,6 +16,9 @@ NOT_RELAYED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "serve
                             "x-request-id"}
 # Client headers worth passing on; everything else (api-key, Authorization, cookies) stays here.
 FORWARDED = ("accept", "x-ms-client-request-id", "openai-organization", "openai-beta")
+# ...and where the WSGI environ holds them (read there: one dict lookup each per call)
+_FORWARDED_KEYS = tuple(("HTTP_" + name.upper().replace("-", "_"), name) for name in FORWARDED)
+REQUEST_ID_KEY = "HTTP_X_REQUEST_ID"
 
 REQUEST_ID = "x-request-id"
 ENDPOINT_HEADER = "x-apirouter-endpoint"
@@ -26,19 +30,22 @@ def request_id(client_value: str | None) -> str:
     """Keep the client's request id when it is sane, else make one."""
     if client_value and _ID_PATTERN.fullmatch(client_value):
         return client_value
-    return secrets.token_hex(16)  # 32 hex digits like uuid4().hex, without a UUID object
+    # 32 hex digits like uuid4().hex; an identifier, not a secret, so no system call for it
+    return f"{random.getrandbits(128):032x}"
 
 
-def backend_headers(client: Mapping[str, str], api_key: str, rid: str,
+def forwarded_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The client's headers worth passing on (:data:`FORWARDED`), from the WSGI environ."""
+    return {name: environ[key] for key, name in _FORWARDED_KEYS if key in environ}
+
+
+def backend_headers(forwarded: Mapping[str, str], api_key: str, rid: str,
                     content_type: str | None = None) -> dict[str, str]:
-    """Headers for a backend: its key, our request id and a few of the client's."""
+    """Headers for a backend: its key, our request id and the client's ``forwarded`` ones."""
     headers = {"content-type": content_type or "application/json",
                "accept-encoding": "identity",
                "api-key": api_key, REQUEST_ID: rid}
-    for name in FORWARDED:
-        value = client.get(name)
-        if value is not None:
-            headers[name] = value
+    headers.update(forwarded)
     return headers
 
 

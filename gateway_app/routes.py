@@ -16,7 +16,7 @@ from .blueprint import bp
 from .config import ConfigError
 from .errors import json_error
 from .gateway import Gateway
-from .headers import request_id
+from .headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from .proxy import Answer, Call
 from .retry_after import whole_seconds
 from .telemetry import CONTENT_TYPE
@@ -57,9 +57,11 @@ def read_call(json_only: bool = True) -> Call | Response:
     as it is, with its content type.
     """
     body = request.get_data(cache=False)
-    rid = request_id(request.headers.get("x-request-id"))
+    environ = request.environ
+    rid = request_id(environ.get(REQUEST_ID_KEY))
+    forwarded = forwarded_headers(environ)
     if not json_only and not request.is_json:
-        return Call(body=body, payload={}, headers=request.headers, request_id=rid,
+        return Call(body=body, payload={}, headers=forwarded, request_id=rid,
                     client=g.get("client"), content_type=request.content_type)
     if not body or body.isspace():  # isspace: no copy of a large body
         return json_error(400, "InvalidRequest",
@@ -72,7 +74,7 @@ def read_call(json_only: bool = True) -> Call | Response:
         return json_error(400, "InvalidRequest", "The request body is nested too deeply.")
     if not isinstance(payload, dict):
         return json_error(400, "InvalidRequest", "The request body must be a JSON object.")
-    return Call(body=body, payload=payload, headers=request.headers, request_id=rid,
+    return Call(body=body, payload=payload, headers=forwarded, request_id=rid,
                 client=g.get("client"))
 
 
