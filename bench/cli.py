@@ -209,16 +209,23 @@ class Run:
     def _ladder(self, workdir: Path, backend: str, conns: int) -> None:
         """The floor's lower rungs at ``conns``: each served like the floor, on the server CPU,
         started, measured and stopped in turn."""
-        if not self.room_for(len(RUNGS) * (self.duration + self.warmup + 1 + LADDER_START_S),
+        if not self.room_for((len(RUNGS) + 1) * (self.duration + self.warmup + 1 + LADDER_START_S),
                              f"the stack ladder at {conns} connections"):
             return
-        for kind in RUNGS:
+        args = self.args
+        rungs = [(kind, lambda kind=kind: FloorProcess(
+                    args.gateway_dir, workdir, [backend], args.gateway_threads, self.server_cpu,
+                    kind=kind)) for kind in RUNGS]
+        if args.gateway_log_level == "info":  # the per-call line's cost, as its own step
+            rungs.append(("gateway-warn", lambda: GatewayProcess(
+                args.gateway_dir, workdir, [backend], args.gateway_threads, self.server_cpu,
+                "warn")))
+        for name, start in rungs:
             try:
-                with FloorProcess(self.args.gateway_dir, workdir, [backend],
-                                  self.args.gateway_threads, self.server_cpu, kind=kind) as rung:
-                    self._closed_loop(kind, rung.url, rung, conns)
+                with start() as rung:
+                    self._closed_loop(name, rung.url, rung, conns)
             except RuntimeError as exc:
-                self.note(f"stack ladder: {kind} failed: {exc}")
+                self.note(f"stack ladder: {name} failed: {exc}")
 
     def _open_rate(self, closed: list[dict[str, Any]]) -> tuple[float, str]:
         """The open loop's total rate, and how it was chosen."""

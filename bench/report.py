@@ -22,7 +22,9 @@ LADDER = (
     ("flask", "+ Flask", "Flask adds"),
     ("floor", "+ the Transport call (= floor)",
      "the backend call through urllib3/http.client adds"),
-    ("gateway", "the gateway", "the gateway's own work adds"),
+    ("gateway-warn", "the gateway at log level warn (no per-call line)",
+     "the gateway's own work but its log line adds"),
+    ("gateway", "the gateway", "the per-call log line adds"),
 )
 
 
@@ -165,7 +167,9 @@ def _ladder_section(run: dict[str, Any]) -> list[str]:
         "in the same run (`bench/floor.py`). waitress alone: a bare WSGI callable that reads "
         "the body and answers nginx's JSON; + Flask: the floor's Flask view answering that "
         "JSON itself; + the Transport call: the floor, which posts the body to nginx through "
-        "the gateway's Transport and returns its answer.",
+        "the gateway's Transport and returns its answer. The gateway at log level warn is the "
+        "gateway without its one info line per call; the gateway row is the default (info), as "
+        "in the tables above.",
         "",
         "| stack | server CPU ms/call | user ms | sys ms | step |",
         "|---|---:|---:|---:|---|",
