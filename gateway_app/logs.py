@@ -62,7 +62,7 @@ class TextFormatter(LineFormatter):
         stamp = self.default_msec_format % (self._time(created), (created % 1) * 1000)
         line = f"{stamp} {logging.getLevelName(level)} {name} {message}"
         if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join([f"{k}={v}" for k, v in fields.items()])
         return line
 
 

@@ -110,15 +110,10 @@ class Proxy:
                 continue
             answer = self._attempt(backend, target(backend), call, outcome, client_gone)
             if answer is not None:
-                self._count(served=True)
+                self.registry.count_client_call(served=True)
                 return answer
-        self._count(served=False)
+        self.registry.count_client_call(served=False)
         return self._unavailable(call, outcome, backends)
-
-    def _count(self, served: bool) -> None:
-        """The instance's client-call totals, in /metrics and in Prometheus."""
-        self.registry.count_client_call(served)
-        self.telemetry.client_call(served)
 
     def _attempt(self, backend: Backend, url: str, call: Call, outcome: Outcome,
                  client_gone: Callable[[], bool]) -> Answer | None:

@@ -153,10 +153,12 @@ class Registry:
 
     def succeeded(self, backend: Backend, latency_ms: float, usage: Usage | None) -> None:
         """The backend answered (2xx, or a client error relayed as it is)."""
-        def update() -> None:
+        with self._lock:  # written out, not through _finish: this runs on every call
             backend.fault_streak = 0
             backend.metrics.success(latency_ms, usage)
-        self._finish(backend, update)
+            close = self._release(backend)
+        if close:
+            backend.transport.close()
 
     @staticmethod
     def _cool(backend: Backend, seconds: float, reason: str) -> None:
@@ -187,6 +189,11 @@ class Registry:
                 self.success_calls += 1
             else:
                 self.failed_calls += 1
+
+    def client_calls(self) -> tuple[int, int]:
+        """Client calls served and not served so far (never reset: Prometheus counters)."""
+        with self._lock:
+            return self.success_calls, self.failed_calls
 
     def busy(self, backends: Iterable[Backend]) -> Busy:
         """When the earliest cooling backend is free again, and whether any is throttled."""

@@ -101,7 +101,7 @@ class Telemetry:
         self._cooldowns: defaultdict[tuple[str, str], int] = defaultdict(int)  # endpoint, why
         self._latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
         self._ttft: defaultdict[str, _Histogram] = defaultdict(_Histogram)
-        self._client_calls: defaultdict[str, int] = defaultdict(int)
+        self._registry = registry  # it counts the client calls (served or not) already
         self.prometheus = CollectorRegistry()
         self.prometheus.register(_CallCollector(self))
         self.prometheus.register(_StateCollector(registry))
@@ -125,10 +125,6 @@ class Telemetry:
         with self._lock:
             self._calls[label, status_or_error] += 1
             self._cooldowns[label, reason] += 1
-
-    def client_call(self, served: bool) -> None:
-        with self._lock:
-            self._client_calls["served" if served else "unserved"] += 1
 
     def families(self) -> list[Metric]:
         """The call metrics as Prometheus families, copied under the lock."""
@@ -154,11 +150,12 @@ class Telemetry:
                                    (cooldowns, self._cooldowns)):
                 for labels, value in counts.items():
                     family.add_metric(list(labels), value)
-            for outcome, value in self._client_calls.items():
-                clients.add_metric([outcome], value)
             for family, histograms in ((latency, self._latency), (ttft, self._ttft)):
                 for label, histogram in histograms.items():
                     family.add_metric([label], histogram.buckets(), histogram.total)
+        served, unserved = self._registry.client_calls()
+        clients.add_metric(["served"], served)
+        clients.add_metric(["unserved"], unserved)
         return [calls, tokens, latency, ttft, cooldowns, clients]
 
     def render(self) -> bytes:

@@ -11,8 +11,16 @@ class _Backend:
 
 
 class _NoState:
+    """The registry's side: no endpoint state, and the client calls it counted."""
+
+    def __init__(self, served: int = 0, unserved: int = 0) -> None:
+        self.counts = (served, unserved)
+
     def availability(self) -> list:
         return []
+
+    def client_calls(self) -> tuple[int, int]:
+        return self.counts
 
 
 def _samples(telemetry: Telemetry) -> dict[tuple[str, tuple], float]:
@@ -40,12 +48,10 @@ def test_histogram_buckets_are_cumulative_and_include_their_bound():
 
 
 def test_counters_add_up_per_label():
-    telemetry = Telemetry(_NoState())
+    telemetry = Telemetry(_NoState(served=4, unserved=1))
     telemetry.answered(_Backend(), 200, 0.1, Usage(3, 2, 5))
     telemetry.answered(_Backend(), 400, 0.1, None)
     telemetry.refused(_Backend(), "429", "throttled")
-    telemetry.client_call(served=True)
-    telemetry.client_call(served=False)
     samples = _samples(telemetry)
     endpoint = ("endpoint", "http://example.test/openai/deployments/a/chat/completions")
     assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "2xx")))] == 1
@@ -53,4 +59,5 @@ def test_counters_add_up_per_label():
     assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "429")))] == 1
     assert samples[("apirouter_cooldowns_total", (endpoint, ("reason", "throttled")))] == 1
     assert samples[("apirouter_tokens_total", (endpoint, ("kind", "prompt")))] == 3
+    assert samples[("apirouter_client_calls_total", (("outcome", "served"),))] == 4
     assert samples[("apirouter_client_calls_total", (("outcome", "unserved"),))] == 1
