@@ -3,11 +3,12 @@
 The per-call line (:func:`log_fields`) is the one record written for every call. It is built
 by the same formatter as any other line but written straight to the handler's stream, under
 the handler's lock, without a LogRecord: in the threaded server, logging's record machinery
-cost about a tenth of the gateway's CPU per call.
+cost about 5% of the gateway's CPU per call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -96,7 +97,8 @@ class LineHandler(logging.StreamHandler):
             self.flush()
         except Exception:  # as logging does: a broken stream must not fail the call
             if logging.raiseExceptions:
-                sys.stderr.write("apirouter: could not write a log line\n")
+                with contextlib.suppress(Exception):
+                    sys.stderr.write("apirouter: could not write a log line\n")
         finally:
             self.release()
 
@@ -113,12 +115,11 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: Fields)
     if not logger.isEnabledFor(level):
         return
     handler = _handler
-    if handler is None or logger.handlers or logger.parent is None \
+    formatter = handler.formatter if handler is not None else None
+    if not isinstance(formatter, LineFormatter) or logger.handlers or logger.parent is None \
             or logger.parent.handlers != [handler]:
         logger.log(level, message, extra={"fields": fields})
         return
-    formatter = handler.formatter
-    assert isinstance(formatter, LineFormatter)
     handler.write_line(formatter.line(time.time(), level, logger.name, message, fields))
 
 
