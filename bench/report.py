@@ -49,6 +49,12 @@ def _num(value: Any, digits: int = 2) -> str:
     return f"{value:,}"
 
 
+def _cpu_ms(row: dict[str, Any]) -> float | None:
+    """A result row's server CPU per call, in ms (None when it was not measured)."""
+    value = row["cpu_ms_per_1k"]
+    return None if value is None else value / 1000
+
+
 def _pct(share: float | None) -> str:
     return "-" if share is None else f"{share * 100:.0f}%"
 
@@ -75,7 +81,7 @@ def _load_section(run: dict[str, Any]) -> list[str]:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in load:
-        cpu = None if r["cpu_ms_per_1k"] is None else r["cpu_ms_per_1k"] / 1000
+        cpu = _cpu_ms(r)
         lines.append(
             f"| {r['connections']} | {r['target']} | {_num(r['rps'], 0)} | {_num(r['p50_ms'], 3)} "
             f"| {_num(r['p99_ms'], 3)} | {r['errors']} | {r['non2xx']} | {_num(cpu, 3)} "
@@ -126,7 +132,7 @@ def floor_split(load: list[dict[str, Any]]) -> list[dict[str, Any]]:
         f = floor.get(conns)
         if not f or not g["cpu_ms_per_1k"] or not f["cpu_ms_per_1k"]:
             continue
-        gateway_ms, floor_ms = g["cpu_ms_per_1k"] / 1000, f["cpu_ms_per_1k"] / 1000
+        gateway_ms, floor_ms = _cpu_ms(g), _cpu_ms(f)
         rows.append({"connections": conns, "gateway_cpu_ms": round(gateway_ms, 3),
                      "floor_cpu_ms": round(floor_ms, 3),
                      "own_cpu_ms": round(gateway_ms - floor_ms, 3),
@@ -146,7 +152,7 @@ def ladder(load: list[dict[str, Any]], conns: int) -> dict[str, Any] | None:
         if r is None:  # no step across a missing rung
             below = None
             continue
-        cpu, system = r["cpu_ms_per_1k"] / 1000, r.get("sys_ms_per_1k")
+        cpu, system = _cpu_ms(r), r.get("sys_ms_per_1k")
         rows.append({"target": target, "cpu_ms": round(cpu, 3),
                      "user_ms": None if system is None else round(cpu - system / 1000, 3),
                      "sys_ms": None if system is None else round(system / 1000, 3),
@@ -236,7 +242,7 @@ def _open_section(run: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
-        cpu = None if r["cpu_ms_per_1k"] is None else r["cpu_ms_per_1k"] / 1000
+        cpu = _cpu_ms(r)
         lines.append(
             f"| {r['target']} | {_num(r['achieved_rate'], 0)} | {_num(r['p50_ms'], 3)} "
             f"| {_num(r['p90_ms'], 3)} | {_num(r['p99_ms'], 3)} | {_num(r['max_ms'], 3)} "
@@ -319,10 +325,10 @@ def targets(run: dict[str, Any]) -> list[tuple[str, str, str]]:
                      + (f" ({closed})" if closed else ""), _verdict(added <= MAX_ADDED_P50_MS)))
     elif closed:
         rows.append((target, f"no open-loop run; {closed}", "not judged"))
-    cpus = {c: r["cpu_ms_per_1k"] / 1000 for c, r in gateway.items() if r["cpu_ms_per_1k"]}
+    cpus = {c: _cpu_ms(r) for c, r in gateway.items() if r["cpu_ms_per_1k"]}
     if cpus:
         peak, split = _peak_split(load)
-        at_peak = peak["cpu_ms_per_1k"] / 1000
+        at_peak = _cpu_ms(peak)
         floor = (f"; floor {split['floor_cpu_ms']:.3f} ms at {peak['connections']} conns, so the "
                  f"gateway's own work is {split['own_cpu_ms']:.3f} ms "
                  f"({_pct(split['own_share'])} of its CPU)") if split else ""
