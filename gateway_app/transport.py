@@ -15,18 +15,52 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3
+import urllib3.connectionpool
 from requests.adapters import HTTPAdapter
 
 # No retries and no redirects, built once: urllib3 would build an equal Retry on every call.
 NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 
+# URLs and targets longer than this (a client's long query string on an SDK path) are worked
+# out on every call, so that the caches below stay small whatever clients send.
+CACHED_CHARS = 512
 
-@lru_cache(maxsize=512)
-def _split(url: str) -> tuple[str, str, str]:
-    """scheme, netloc and request target of ``url`` (the /lb ones repeat on every call)."""
+
+def cache_target_encoding() -> None:
+    """Remember urllib3's percent-encoding of request targets; idempotent.
+
+    ``HTTPConnectionPool.urlopen`` re-encodes the target of every call with a Python loop over
+    its bytes: about 9% of the instructions of a proxied call, for a result that only depends
+    on the target, and the gateway sends few distinct targets (one per deployment and
+    operation). urllib3 has no setting for it, so its module-level function is wrapped; what
+    is sent does not change. tests/test_transport.py fails if an upgrade moves the function.
+    """
+    module = urllib3.connectionpool
+    encode = module._encode_target
+    if getattr(encode, "cache_info", None) is not None:
+        return
+    cached = lru_cache(maxsize=1024)(encode)
+
+    def encode_target(target: str) -> str:
+        return cached(target) if len(target) <= CACHED_CHARS else encode(target)
+
+    encode_target.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    module._encode_target = encode_target
+
+
+def _split_url(url: str) -> tuple[str, str, str]:
+    """scheme, netloc and request target of ``url``."""
     parts = urlsplit(url)
     target = f"{parts.path}?{parts.query}" if parts.query else parts.path
     return parts.scheme, parts.netloc, target
+
+
+_split_cached = lru_cache(maxsize=512)(_split_url)
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    """:func:`_split_url`, remembered for short URLs (the /lb ones repeat on every call)."""
+    return _split_cached(url) if len(url) <= CACHED_CHARS else _split_url(url)
 
 
 @lru_cache(maxsize=64)
@@ -65,6 +99,7 @@ class Transport:
     """The Session of one backend, and its connection pools by origin."""
 
     def __init__(self, pool_size: int) -> None:
+        cache_target_encoding()
         self.session = make_session(pool_size)
         self._pools: dict[tuple[str, str], urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
