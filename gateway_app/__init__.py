@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for name in settings.unknown_names:
         log.warning("environment variable %s names no setting and is ignored", name)
     gw = Gateway(settings)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no /static/<path> route: the API has none
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["apirouter"] = gw

@@ -26,8 +26,7 @@ from tests.fakes import FakeBackend, refused_uri, throttle
 
 DOCUMENT_PATH = Path(gateway_app.__file__).with_name("openapi.yaml")
 PREFIX = "/api/v1/{env}/apirouter"
-# Flask's own static route is not part of the API; HEAD and OPTIONS come with every rule.
-IGNORED_ENDPOINTS = frozenset({"static"})
+# HEAD and OPTIONS come with every rule.
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 SIM_KEY = "sim-key-openapi"
@@ -49,9 +48,9 @@ def rule_path(rule: str, prefix: str) -> str:
 
 
 def app_operations(app: Flask, prefix: str) -> set[tuple[str, str]]:
-    """(METHOD, path) of every route the app serves, ``static`` aside."""
+    """(METHOD, path) of every route the app serves."""
     return {(method, rule_path(rule.rule, prefix))
-            for rule in app.url_map.iter_rules() if rule.endpoint not in IGNORED_ENDPOINTS
+            for rule in app.url_map.iter_rules()
             for method in (rule.methods or set()) - IGNORED_METHODS}
 
 
@@ -246,8 +245,6 @@ def test_documented_security_is_the_gateways(fake: Callable[..., FakeBackend],
     gw: RunningGateway = start_gateway([fake()])
     prefix = gw.gateway.settings.route_prefix
     for rule in gw.app.url_map.iter_rules():
-        if rule.endpoint in IGNORED_ENDPOINTS:
-            continue
         path = rule_path(rule.rule, prefix)
         for method in (rule.methods or set()) - IGNORED_METHODS:
             operation = document.operation(method, path)
