@@ -32,6 +32,8 @@ from .sse import Usage
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # model answers take from tens of milliseconds (embeddings) to minutes (long completions)
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+# their "le" labels, +Inf last
+_BOUNDS = (*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf")
 
 
 @lru_cache(maxsize=1024)
@@ -59,9 +61,8 @@ class _Histogram:
         self.total += seconds
 
     def buckets(self) -> list[tuple[str, float]]:
-        bounds = [*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf"]
         cumulative, out = 0, []
-        for bound, count in zip(bounds, self.counts, strict=True):
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
             cumulative += count
             out.append((bound, cumulative))
         return out

@@ -10,7 +10,9 @@ and no redirects: failing over is the proxy's job.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -21,9 +23,22 @@ from requests.adapters import HTTPAdapter
 # No retries and no redirects, built once: urllib3 would build an equal Retry on every call.
 NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 
+T = TypeVar("T")
+
 # URLs and targets longer than this (a client's long query string on an SDK path) are worked
 # out on every call, so that the caches below stay small whatever clients send.
 CACHED_CHARS = 512
+
+
+def _remembered_when_short(work: Callable[[str], T], maxsize: int) -> Callable[[str], T]:
+    """``work`` behind an lru_cache that only holds texts of up to :data:`CACHED_CHARS`."""
+    cached = lru_cache(maxsize=maxsize)(work)
+
+    def remembered(text: str) -> T:
+        return cached(text) if len(text) <= CACHED_CHARS else work(text)
+
+    remembered.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return remembered
 
 
 def cache_target_encoding() -> None:
@@ -36,16 +51,8 @@ def cache_target_encoding() -> None:
     is sent does not change. tests/test_transport.py fails if an upgrade moves the function.
     """
     module = urllib3.connectionpool
-    encode = module._encode_target
-    if getattr(encode, "cache_info", None) is not None:
-        return
-    cached = lru_cache(maxsize=1024)(encode)
-
-    def encode_target(target: str) -> str:
-        return cached(target) if len(target) <= CACHED_CHARS else encode(target)
-
-    encode_target.cache_info = cached.cache_info  # type: ignore[attr-defined]
-    module._encode_target = encode_target
+    if getattr(module._encode_target, "cache_info", None) is None:
+        module._encode_target = _remembered_when_short(module._encode_target, 1024)
 
 
 def _split_url(url: str) -> tuple[str, str, str]:
@@ -55,12 +62,8 @@ def _split_url(url: str) -> tuple[str, str, str]:
     return parts.scheme, parts.netloc, target
 
 
-_split_cached = lru_cache(maxsize=512)(_split_url)
-
-
-def _split(url: str) -> tuple[str, str, str]:
-    """:func:`_split_url`, remembered for short URLs (the /lb ones repeat on every call)."""
-    return _split_cached(url) if len(url) <= CACHED_CHARS else _split_url(url)
+# the /lb URLs repeat on every call
+_split = _remembered_when_short(_split_url, 512)
 
 
 @lru_cache(maxsize=64)
