@@ -1,7 +1,8 @@
 """The stack's floor: the least CPU per call a proxy built from the gateway's own parts costs.
 
 One Flask view at the gateway's /lb path reads the body, posts it to the fake through
-``gateway_app.transport.Transport`` (the gateway's requests Session and urllib3 pool) with the
+``gateway_app.routing.transport.Transport`` (the gateway's requests Session and urllib3
+pool) with the
 four headers the gateway sends, reads the answer and returns it. Waitress serves it with
 ``gateway_app.server.waitress_options``, so threads, poll, lookahead and proxy-header clearing
 are the gateway's. No logging, metrics, failover or header relay: what the gateway spends above
@@ -57,7 +58,7 @@ def create_app(path: str, send: Send) -> Flask:
 def forwarder(backend_url: str, api_key: str, pool_size: int,
               timeout: tuple[float, float]) -> Send:
     """Posts the body to ``backend_url`` through the gateway's Transport; the answer read whole."""
-    from gateway_app.transport import Transport
+    from gateway_app.routing.transport import Transport
 
     transport = Transport(pool_size)
     headers = {"content-type": "application/json", "accept-encoding": "identity",

@@ -7,12 +7,11 @@ import os
 
 from flask import Flask
 
-from . import routes_capacity, routes_docs, routes_openai  # noqa: F401
 from .errors import register_error_handlers
 from .gateway import Gateway
 from .logs import configure_logging
-from .routes import bp
 from .settings import Settings
+from .web import bp
 
 log = logging.getLogger("apirouter")
 
@@ -28,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["apirouter"] = gw
-    app.register_blueprint(bp, url_prefix=settings.route_prefix)
+    app.register_blueprint(bp)
     register_error_handlers(app)
     if not gw.client_keys.enabled:
         log.warning("no client keys configured: every route is open to anyone who can reach "

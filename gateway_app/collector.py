@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .registry import Registry
+from .routing.registry import Registry
 
 log = logging.getLogger("apirouter")
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from .capacity.ptu import CapacitySchema
+
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says where and why, never a key."""
@@ -96,13 +98,6 @@ class ClientKeySchema(Schema):
             raise ValidationError("give exactly one of key and keyEnv", "key")
 
 
-def _capacity_schema() -> Schema:
-    # imported when first used, so `python -m gateway_app.capacity` does not find it loaded
-    from .ptu import CapacitySchema
-
-    return CapacitySchema()
-
-
 DEFAULT_API_VERSION = "2024-10-21"
 NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
                        error="must be letters, digits, '.', '_' or '-' (at most 64)")
@@ -124,8 +119,8 @@ class PoolSchema(Schema):
 
 
 class ConfigSchema(Schema):
-    # optional: the capacity report's PTU table and endpoint models (gateway_app/capacity.py)
-    capacity = fields.Nested(_capacity_schema)
+    # optional: the capacity report's PTU table and endpoint models (gateway_app/capacity/report.py)
+    capacity = fields.Nested(CapacitySchema)
     clientKeys = fields.List(fields.Nested(ClientKeySchema))
     deployments = fields.Dict(keys=fields.String(validate=NAME),
                               values=fields.Nested(PoolSchema))

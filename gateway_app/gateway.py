@@ -10,15 +10,15 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .auth import ClientKeys, Lockout
+from .capacity.history_file import HistoryFile
 from .collector import IntervalCollector
 from .config import load_config
-from .history_file import HistoryFile
-from .metrics import iso_time
-from .proxy import Proxy
-from .registry import Registry
+from .keys import ClientKeys, Lockout
+from .routing.metrics import iso_time
+from .routing.proxy import Proxy
+from .routing.registry import Registry
+from .routing.telemetry import Telemetry
 from .settings import Settings
-from .telemetry import Telemetry
 from .watcher import ConfigWatcher
 
 log = logging.getLogger("apirouter")

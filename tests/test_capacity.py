@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from gateway_app.capacity import (
+from gateway_app.capacity.history_file import HistoryFile
+from gateway_app.capacity.ptu import ModelThroughput, Planning, model_in_name, published_table
+from gateway_app.capacity.report import (
     build_report,
     intervals_from_history,
     intervals_from_metrics,
     live_report,
 )
 from gateway_app.config import ConfigError, parse_config
-from gateway_app.history_file import HistoryFile
-from gateway_app.metrics import IntervalCounters
-from gateway_app.ptu import ModelThroughput, Planning, model_in_name, published_table
+from gateway_app.routing.metrics import IntervalCounters
 from tests.fakes import chat_body, reply, throttle, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

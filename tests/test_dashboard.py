@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_app.routes_capacity import DASHBOARD_DIR
+from gateway_app.web.capacity import DASHBOARD_DIR
 from tests.fakes import chat_body, reply, throttle, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from simulator import SimulatorServer
 from tests.conftest import GATEWAY_KEY, RunningGateway
 from tests.fakes import FakeBackend, refused_uri, throttle
 
-DOCUMENT_PATH = Path(gateway_app.__file__).with_name("openapi.yaml")
+DOCUMENT_PATH = Path(gateway_app.__file__).parent / "web" / "openapi.yaml"
 PREFIX = "/api/v1/{env}/apirouter"
 # HEAD and OPTIONS come with every rule.
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
@@ -230,17 +230,18 @@ def test_document_lists_exactly_the_routes_the_app_serves(fake: Callable[..., Fa
     documented = document_operations(load_document())
     missing = sorted(served - documented)
     stale = sorted(documented - served)
-    assert not missing, (f"routes served but not in gateway_app/openapi.yaml: {missing}; "
+    assert not missing, (f"routes served but not in gateway_app/web/openapi.yaml: {missing}; "
                          "describe them there (and add them to postman/)")
-    assert not stale, f"operations in gateway_app/openapi.yaml that the app does not serve: {stale}"
+    assert not stale, ("operations in gateway_app/web/openapi.yaml that the app does not "
+                       f"serve: {stale}")
 
 
 def test_documented_security_is_the_gateways(fake: Callable[..., FakeBackend],
                                             start_gateway: Callable[..., Any],
                                             document: Document) -> None:
-    """Routes open without a client key (routes.OPEN_ENDPOINTS) say ``security: []`` and
+    """Routes open without a client key (marked with web.auth.open_route) say ``security: []`` and
     document no 401 of their own; every other route documents its 401."""
-    from gateway_app.routes import OPEN_ENDPOINTS
+    from gateway_app.web.auth import is_open
 
     gw: RunningGateway = start_gateway([fake()])
     prefix = gw.gateway.settings.route_prefix
@@ -249,7 +250,7 @@ def test_documented_security_is_the_gateways(fake: Callable[..., FakeBackend],
         for method in (rule.methods or set()) - IGNORED_METHODS:
             operation = document.operation(method, path)
             where = f"{method} {path} ({rule.endpoint})"
-            if rule.endpoint in OPEN_ENDPOINTS:
+            if is_open(gw.app.view_functions[rule.endpoint]):
                 assert operation.get("security") == [], f"{where} is open: security: []"
                 assert "401" not in operation["responses"], f"{where} never answers 401"
             else:

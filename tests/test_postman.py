@@ -100,7 +100,7 @@ def test_collection_is_v2_1_and_every_request_has_tests() -> None:
 
 
 def test_collection_covers_every_documented_operation() -> None:
-    """Each (method, path) of gateway_app/openapi.yaml has a request in the collection."""
+    """Each (method, path) of gateway_app/web/openapi.yaml has a request in the collection."""
     sent = {(item["request"]["method"], request_path(item["request"]["url"]["raw"]))
             for item in requests_of(load(COLLECTION)["item"])}
     missing = []

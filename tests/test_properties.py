@@ -21,8 +21,8 @@ from marshmallow import Schema, fields
 from requests.structures import CaseInsensitiveDict
 
 from gateway_app.config import ConfigError, ConfigSchema, GatewayConfig, parse_config
-from gateway_app.retry_after import retry_after_seconds, whole_seconds
-from gateway_app.sse import Usage, usage_of
+from gateway_app.routing.retry_after import retry_after_seconds, whole_seconds
+from gateway_app.routing.sse import Usage, usage_of
 
 SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -6,7 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from gateway_app.retry_after import retry_after_seconds, whole_seconds
+from gateway_app.routing.retry_after import retry_after_seconds, whole_seconds
 
 NOW = 1_800_000_000.0
 

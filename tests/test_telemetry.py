@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway_app.sse import Usage
-from gateway_app.telemetry import LATENCY_BUCKETS, Telemetry
+from gateway_app.routing.sse import Usage
+from gateway_app.routing.telemetry import LATENCY_BUCKETS, Telemetry
 
 
 class _Backend:

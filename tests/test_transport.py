@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib3.connectionpool
 from urllib3.util.url import _encode_target as urllib3_encode_target
 
-from gateway_app.transport import CACHED_CHARS, Transport
+from gateway_app.routing.transport import CACHED_CHARS, Transport
 
 TIMEOUT = (2.0, 5.0)
 

@@ -3,7 +3,8 @@
 - ``GET {prefix}/capacity``: the capacity report over the history kept in memory.
 - ``GET {prefix}/dashboard``: a page that charts that history, shows each endpoint's
   cooldown (from ``/readyz``) and the capacity table, refreshing itself. Its script and style
-  are files of the package (gateway_app/dashboard/), served by ``GET {prefix}/dashboard/NAME``;
+  are files of the package (gateway_app/capacity/dashboard/), served by
+  ``GET {prefix}/dashboard/NAME``;
   the page loads nothing from anywhere else, which its Content-Security-Policy enforces.
 """
 
@@ -13,18 +14,19 @@ from pathlib import Path
 
 from flask import Response, jsonify, request, send_from_directory
 
-from .routes import bp, gateway
+from ..capacity import report as planning
+from .auth import open_route
+from .blueprint import api
+from .routes import gateway
 
-DASHBOARD_DIR = Path(__file__).with_name("dashboard")
+DASHBOARD_DIR = Path(__file__).parents[1] / "capacity" / "dashboard"
 # Only this origin: no CDN, no inline script, nothing sent elsewhere.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-@bp.get("/capacity")
+@api.get("/capacity")
 def capacity() -> Response:
-    from . import capacity as planning  # late import: see gateway_app/capacity.py's docstring
-
     gw = gateway()
     report = planning.live_report(gw.metrics(request.path), gw.config.sections.get("capacity"))
     return jsonify(report)
@@ -37,11 +39,13 @@ def _protect(response: Response) -> Response:
     return response
 
 
-@bp.get("/dashboard")
+@api.get("/dashboard")
+@open_route  # the page and its assets hold no data; its script asks for a key
 def dashboard() -> Response:
     return _protect(send_from_directory(DASHBOARD_DIR, "index.html", max_age=0))
 
 
-@bp.get("/dashboard/<name>")
+@api.get("/dashboard/<name>")
+@open_route
 def dashboard_asset(name: str) -> Response:
     return _protect(send_from_directory(DASHBOARD_DIR, name, max_age=0))

@@ -1,6 +1,5 @@
-"""The Flask blueprint: thin handlers that turn HTTP into gateway calls and back.
-
-It is the one blueprint of the app; other ``routes_*`` modules add their handlers to it.
+"""The original's routes (``/lb``, info, metrics, probes, reconfig): thin handlers that turn
+HTTP into gateway calls and back, and the client-key check every route of the app goes through.
 """
 
 from __future__ import annotations
@@ -11,22 +10,19 @@ from collections.abc import Callable
 
 from flask import Response, current_app, g, jsonify, request
 
-from .auth import presented_key, same_secret
-from .blueprint import bp
-from .config import ConfigError
-from .errors import json_error
-from .gateway import Gateway
-from .headers import REQUEST_ID_KEY, forwarded_headers, request_id
-from .proxy import Answer, Call
-from .retry_after import whole_seconds
-from .telemetry import CONTENT_TYPE
+from ..config import ConfigError
+from ..errors import json_error
+from ..gateway import Gateway
+from ..keys import same_secret
+from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
+from ..routing.proxy import Answer, Call
+from ..routing.retry_after import whole_seconds
+from ..routing.telemetry import CONTENT_TYPE
+from .auth import is_open, open_route, presented_key
+from .blueprint import api, bp
 
 log = logging.getLogger("apirouter")
 
-# Probes must work without a key: Kubernetes sends none. The dashboard's page and assets hold
-# no data (its script asks for a key to read the data routes) and a browser cannot send one.
-OPEN_ENDPOINTS = frozenset({"apirouter.healthz", "apirouter.readyz", "apirouter.dashboard",
-                            "apirouter.dashboard_asset"})
 GATEWAY_KEY_HEADER = "x-api-gateway-key"
 
 
@@ -36,9 +32,9 @@ def gateway() -> Gateway:
 
 @bp.before_request
 def authenticate() -> Response | None:
-    """When client keys are configured, every route but the probes needs one."""
+    """When client keys are configured, every route but those marked open needs one."""
     keys = gateway().client_keys
-    if not keys.enabled or request.endpoint in OPEN_ENDPOINTS:
+    if not keys.enabled or is_open(current_app.view_functions.get(request.endpoint or "")):
         return None
     name = keys.identify(presented_key(request.headers))
     if name is None:
@@ -88,7 +84,7 @@ def client_gone() -> Callable[[], bool]:
     return request.environ.get("waitress.client_disconnected") or (lambda: False)
 
 
-@bp.post("/lb")
+@api.post("/lb")
 def load_balance() -> Response:
     call = read_call()
     if isinstance(call, Response):
@@ -96,23 +92,25 @@ def load_balance() -> Response:
     return relay(gateway().proxy.forward(call, client_gone=client_gone()))
 
 
-@bp.get("/instanceinfo")
+@api.get("/instanceinfo")
 def instance_info() -> Response:
     return jsonify(gateway().instance_info(request.path))
 
 
-@bp.get("/metrics")
+@api.get("/metrics")
 def metrics() -> Response:
     return jsonify(gateway().metrics(request.path))
 
 
-@bp.get("/healthz")
+@api.get("/healthz")
+@open_route  # Kubernetes probes send no key
 def healthz() -> Response:
     gw = gateway()
     return jsonify({"status": "OK", "serverName": gw.settings.name})
 
 
-@bp.get("/readyz")
+@api.get("/readyz")
+@open_route
 def readyz() -> Response:
     ready, states = gateway().readiness()
     response = jsonify({"status": "OK" if ready else "Unavailable", "endpoints": states})
@@ -120,18 +118,18 @@ def readyz() -> Response:
     return response
 
 
-@bp.get("/prometheus")
+@api.get("/prometheus")
 def prometheus() -> Response:
     return Response(gateway().telemetry.render(), content_type=CONTENT_TYPE)
 
 
-@bp.get("/reconfig/<path:key>")
+@api.get("/reconfig/<path:key>")
 def reconfig_in_path(key: str) -> Response:
     """The original's form; the key in the path never reaches our logs."""
     return _reconfigure(key)
 
 
-@bp.post("/reconfig")
+@api.post("/reconfig")
 def reconfig() -> Response:
     """The safer form: the key in a header, out of URLs and proxies' access logs."""
     return _reconfigure(request.headers.get(GATEWAY_KEY_HEADER))

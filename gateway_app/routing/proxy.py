@@ -18,12 +18,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import urllib3
 
-from .errors import error_body
+from ..errors import error_body
+from ..logs import Fields, log_fields
+from ..settings import Settings
 from .headers import backend_headers, client_headers
-from .logs import Fields, log_fields
 from .registry import Backend, Registry
 from .retry_after import retry_after_seconds, whole_seconds
-from .settings import Settings
 from .sse import EventSplitter, Usage, is_usage_only, usage_of
 from .telemetry import Telemetry, status_class
 from .transport import Reply

@@ -1,4 +1,7 @@
-"""Client keys, and the lockout that keeps the gateway key from being guessed."""
+"""Secrets the gateway checks: client keys, and the lockout that slows guessing the gateway key.
+
+State, not web code: the web layer only reads the header (gateway_app/web/auth.py).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-
-
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key a client sent: ``api-key``, else ``Authorization: Bearer <key>``."""
-    key = headers.get("api-key")
-    if key:
-        return key.strip()
-    scheme, _, token = (headers.get("authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
 
 
 def same_secret(given: str, expected: str) -> bool:

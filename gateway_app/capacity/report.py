@@ -1,16 +1,13 @@
 """Capacity planning: from closed metrics intervals to tokens per minute and a PTU estimate.
 
 The input is history entries: those a gateway keeps in memory (its ``/metrics`` document, live
-or saved to files) and those its JSON-lines history file kept (gateway_app/history_file.py).
+or saved to files) and those its JSON-lines history file kept (history_file.py).
 Per endpoint (the /lb list and the backends of deployment pools), per model and for the
 instance, the report gives calls, failures, tokens, TPM
 (average, 95th percentile, peak interval), RPM, average latency, and the Provisioned
 Throughput Units that the 95th-percentile and the peak TPM would need. Served as JSON by
-``GET {prefix}/capacity``, and on the command line: ``python -m gateway_app.capacity --help``.
-
-The gateway's package does not import this module at start-up (the route and the
-configuration schema import it when first used), so ``python -m gateway_app.capacity`` runs
-it without a second copy of it already loaded.
+``GET {prefix}/capacity``, and on the command line: ``python -m gateway_app.capacity --help``
+(``__main__.py`` calls :func:`main`).
 """
 
 from __future__ import annotations
@@ -494,6 +491,3 @@ def main(argv: list[str] | None = None) -> int:
             write_csv(report, out)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

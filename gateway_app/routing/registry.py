@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import EndpointConfig, PoolConfig
+from ..config import EndpointConfig, PoolConfig
 from .metrics import EndpointMetrics
 from .sse import Usage
 from .transport import Transport

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger("apirouter")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from flask import Response
 
-from .errors import json_error
-from .routes import bp
+from ..errors import json_error
+from .blueprint import api
 
 DOCUMENT = Path(__file__).with_name("openapi.yaml")
 
@@ -32,12 +32,12 @@ def document_json() -> bytes | None:
     return json.dumps(data, ensure_ascii=False, indent=1).encode()
 
 
-@bp.get("/openapi.yaml")
+@api.get("/openapi.yaml")
 def openapi_yaml() -> Response:
     return Response(document_text(), content_type="application/yaml; charset=utf-8")
 
 
-@bp.get("/openapi.json")
+@api.get("/openapi.json")
 def openapi_json() -> Response:
     body = document_json()
     if body is None:

@@ -11,10 +11,10 @@ from urllib.parse import quote
 
 from flask import Response, jsonify, request
 
-from .blueprint import ROOT, bp
-from .errors import json_error
-from .proxy import Call
-from .registry import Backend
+from ..errors import json_error
+from ..routing.proxy import Call
+from ..routing.registry import Backend
+from .blueprint import bp
 from .routes import client_gone, gateway, read_call, relay
 
 V1_OPERATIONS = {"chat/completions", "completions", "embeddings"}
@@ -31,7 +31,7 @@ def _forward(call: Call, backends: list[Backend], tail: str) -> Response:
                                          lambda backend: backend.uri + tail))
 
 
-@bp.post(ROOT + "/openai/deployments/<name>/<path:operation>")
+@bp.post("/openai/deployments/<name>/<path:operation>")
 def azure_deployment(name: str, operation: str) -> Response:
     backends = gateway().registry.pool_order(name)
     if backends is None:
@@ -47,7 +47,7 @@ def azure_deployment(name: str, operation: str) -> Response:
     return _forward(call, backends, f"/{quote(operation)}" + (f"?{query}" if query else ""))
 
 
-@bp.post(ROOT + "/v1/<path:operation>")
+@bp.post("/v1/<path:operation>")
 def openai_v1(operation: str) -> Response:
     if operation not in V1_OPERATIONS:
         return json_error(404, "NotFound", f"/v1/{operation} is not served by this gateway; "
@@ -66,7 +66,7 @@ def openai_v1(operation: str) -> Response:
     return _forward(call, backends, f"/{operation}?api-version={pool.api_version}")
 
 
-@bp.get(ROOT + "/v1/models")
+@bp.get("/v1/models")
 def openai_models() -> Response:
     """The pools, as the models an OpenAI client may name."""
     created = int(gateway().started_at)

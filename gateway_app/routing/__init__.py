@@ -1,0 +1,1 @@
+"""Routing: the registry of backends, the proxy that forwards one call, and what they measure."""
