@@ -33,6 +33,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning("no client keys configured: every route is open to anyone who can reach "
                     "it (set API_GATEWAY_CLIENT_KEYS or clientKeys in the configuration file)")
     gw.start()
-    log.info("gateway %s serving %d endpoint(s) under %s", settings.name,
-             len(gw.registry.backends()), settings.route_prefix)
+    log.info("gateway %s serving %d endpoint(s) and %d deployment pool(s) under %s",
+             settings.name, len(gw.current.lb), len(gw.current.pools), settings.route_prefix)
     return app

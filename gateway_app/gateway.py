@@ -12,11 +12,11 @@ from typing import Any
 
 from .capacity.history_file import HistoryFile
 from .collector import IntervalCollector
-from .config import load_config
+from .config import GatewayConfig, load_config
 from .keys import ClientKeys, Lockout
 from .routing.metrics import iso_time
 from .routing.proxy import Proxy
-from .routing.registry import Registry
+from .routing.registry import Registry, Snapshot
 from .routing.telemetry import Telemetry
 from .settings import Settings
 from .watcher import ConfigWatcher
@@ -43,13 +43,13 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = Registry(pool_size=settings.threads,
+        self.registry = Registry(max_connections=settings.threads,
                                  history_size=settings.metrics_history,
                                  failure_cooldown=settings.failure_cooldown,
-                                 failure_cooldown_max=settings.failure_cooldown_max)
-        self.config = load_config(settings.config_file)
-        self.registry.replace(self.config.endpoints, self.config.pools)
-        self.client_keys = self._client_keys()
+                                 failure_cooldown_max=settings.failure_cooldown_max,
+                                 connect_timeout=settings.connect_timeout,
+                                 read_timeout=settings.read_timeout)
+        self._publish(load_config(settings.config_file))
         self.reconfig_lockout = Lockout(settings.reconfig_max_failures, seconds=60.0)
         self.telemetry = Telemetry(self.registry)
         self.proxy = Proxy(self.registry, settings, self.telemetry)
@@ -62,10 +62,24 @@ class Gateway:
         self.started_at = time.time()
         self._reload_lock = threading.Lock()
 
-    def _client_keys(self) -> ClientKeys:
-        """Keys from the environment (named env-1, env-2 ...) and from the file."""
+    @property
+    def current(self) -> Snapshot:
+        """The published configuration, client keys and pools: read it once per request."""
+        return self.registry.current
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.registry.current.config
+
+    @property
+    def client_keys(self) -> ClientKeys:
+        return self.registry.current.client_keys
+
+    def _publish(self, config: GatewayConfig) -> Snapshot:
+        """Publish ``config`` with its client keys (the environment's, named env-1, env-2 ...,
+        then the file's) in one step."""
         named = {f"env-{i}": key for i, key in enumerate(self.settings.client_keys, 1)}
-        return ClientKeys({**named, **self.config.client_keys})
+        return self.registry.publish(config, ClientKeys({**named, **config.client_keys}))
 
     def start(self) -> None:
         self.collector.start()
@@ -84,21 +98,19 @@ class Gateway:
         """Re-read the configuration file; raise ConfigError and keep the old list if invalid."""
         with self._reload_lock:  # two reloads at once would race to swap
             config = load_config(self.settings.config_file)
-            self.registry.replace(config.endpoints, config.pools)
-            self.config = config
-            self.client_keys = self._client_keys()
+            self._publish(config)
         log.info("configuration reloaded: %d endpoint(s), %d deployment pool(s)",
                  len(config.endpoints), len(config.pools))
         return len(config.endpoints)
 
     def endpoints(self) -> dict[str, str]:
-        return {str(b.priority): b.uri for b in self.registry.backends()}
+        return {str(e.priority): e.url for e in self.current.lb}
 
     def pools(self) -> dict[str, list[dict[str, Any]]]:
         """Each deployment pool's backends, for /instanceinfo."""
-        return {name: [{"endpoint": b.uri, "priority": b.priority, "weight": b.weight}
-                       for b in backends]
-                for name, backends in self.registry.pools().items()}
+        return {name: [{"endpoint": e.url, "priority": e.priority, "weight": e.weight}
+                       for e in entries]
+                for name, entries in self.current.pools.items()}
 
     def instance_info(self, path: str) -> dict[str, Any]:
         s = self.settings
@@ -123,7 +135,7 @@ class Gateway:
             "versions": runtime_versions(),
             "oaiEndpoints": self.endpoints(),
             # only with pools configured, so the original's shape is unchanged without them
-            **({"deployments": self.pools()} if self.registry.pools() else {}),
+            **({"deployments": self.pools()} if self.current.pools else {}),
             "apiGatewayUri": s.route_prefix,
             "endpointUri": path,
             "serverStartDate": iso_time(self.started_at),

@@ -67,6 +67,7 @@ def test_one_json_line_per_call(fake, start_gateway, capsys):
     assert len(calls) == 1
     call = calls[0]
     assert call["request_id"] == "req-42" and call["endpoint"] == 1
+    assert call["pool"] == "/lb" and call["backend"] == f"127.0.0.1:{second.port}/dep"
     assert call["attempts"] == "0:429,1:200" and call["status"] == 200
     assert call["total_tokens"] == 12 and call["latency_ms"] > 0
 
@@ -79,7 +80,8 @@ def test_one_text_line_per_call(fake, start_gateway, capsys):
     assert len(lines) == 1
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO apirouter\.call call served "
-        r"request_id=req-43 client=- endpoint=0 attempts=0:200 status=200 latency_ms=[\d.]+ "
+        r"request_id=req-43 client=- pool=/lb backend=127\.0\.0\.1:\d+/dep endpoint=0 "
+        r"attempts=0:200 status=200 latency_ms=[\d.]+ "
         r"prompt_tokens=\d+ completion_tokens=\d+ total_tokens=12", lines[0]), lines[0]
 
 

@@ -144,4 +144,31 @@ def test_lb_and_pools_side_by_side_and_shown(fake, start_gateway):
     assert info["deployments"] == {"p": [{"endpoint": f"{pooled.base}/openai/deployments/d",
                                           "priority": 0, "weight": 2.0}]}
     assert set(gw.metrics()["deploymentMetrics"]) == {"p"}
-    assert Counter(b.pool for b in gw.gateway.registry.backends()) == {"": 1}
+    current = gw.gateway.current
+    assert Counter(e.pool for e in current.entries()) == {"/lb": 1, "p": 1}
+
+
+def test_a_deployment_in_lb_and_in_a_pool_has_one_cooldown(fake, start_gateway):
+    """A 429 seen through /lb benches that deployment for the SDK routes too."""
+    east = fake().script(throttle("30"))
+    west = fake()
+    gw = start_gateway([east.uri("d"), west.uri("d")],
+                       sections=pools(p=[backend(east, "d", "k1"), backend(west, "d", "k2")]))
+    assert gw.lb().headers["x-apirouter-attempts"] == "2"
+    r = gw.http.post(f"{gw.base}/openai/deployments/p/chat/completions?api-version=x",
+                     json={"messages": []}, timeout=10)
+    assert r.status_code == 200
+    assert r.headers["x-apirouter-attempts"] == "1"  # east was skipped, not asked again
+    assert east.calls == 1 and west.calls == 2
+    states = {(s["pool"], s["endpoint"]): s for s in gw.get("readyz").json()["endpoints"]}
+    assert states["/lb", east.uri("d")]["reason"] == "throttled"
+    assert states["p", f"{east.base}/openai/deployments/d"]["reason"] == "throttled"
+
+
+def test_lb_without_endpoints_names_the_pool_routes(fake, start_gateway):
+    gw = start_gateway([], sections=pools(**{"gpt-4o": [backend(fake(), "d", "k")]}))
+    r = gw.lb()
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert error["code"] == "NoEndpointsConfigured"
+    assert "gpt-4o" in error["message"] and "/openai/deployments/" in error["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -104,6 +105,13 @@ def test_reloads_under_steady_traffic_lose_no_call(fake, start_gateway):
     assert set(statuses) == {200}
     total = gw.metrics()
     assert total["failedApiCalls"] == 0 and total["successApiCalls"] == len(statuses)
+    # no backend saw a failed call: one attempt per call, none throttled, faulted or benched
+    assert a.calls + b.calls + c.calls == len(statuses)
+    prometheus = gw.get("prometheus").text
+    classes = set(re.findall(r'apirouter_backend_calls_total\{[^}]*status_class="([^"]+)"',
+                             prometheus))
+    assert classes == {"2xx"}
+    assert "apirouter_cooldowns_total{" not in prometheus
 
 
 def test_concurrent_reload_requests_are_serialised(fake, start_gateway):

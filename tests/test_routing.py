@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pytest
 
@@ -160,7 +161,7 @@ def test_fault_bench_grows_and_resets_on_success(fake, start_gateway):
     assert gw.lb().status_code == 503
     wait_until(lambda: gw.lb().status_code == 503 and flaky.calls == 2, timeout=5)
     # second fault in a row: benched 0.4 s
-    backend = gw.gateway.registry.backends()[0]
+    backend = gw.gateway.current.lb[0].backend
     assert backend.fault_streak == 2
     wait_until(lambda: gw.lb().status_code == 200, timeout=5)
     assert backend.fault_streak == 0
@@ -228,3 +229,13 @@ def test_unknown_route_and_wrong_method_are_json(fake, start_gateway):
     r = gw.http.get(f"{gw.url}/lb", timeout=10)
     assert (r.status_code, r.json()["error"]["code"]) == (405, "MethodNotAllowed")
     assert "POST" in r.headers["Allow"]
+
+
+def test_a_thousand_faults_in_a_row_still_fail_over(fake, start_gateway):
+    """The bench doubles per fault; 2 ** 1024 used to overflow into 500s without failover."""
+    healthy = fake()
+    gw = start_gateway([refused_uri(), healthy], failure_cooldown=0.0)
+    statuses = Counter(gw.lb().status_code for _ in range(1100))
+    assert statuses == {200: 1100}
+    assert gw.gateway.current.lb[0].backend.fault_streak == 1100
+    assert gw.gateway.current.lb[0].backend.in_flight == 0

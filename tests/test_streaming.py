@@ -127,7 +127,7 @@ def test_client_hanging_up_releases_the_backend_and_the_thread(fake, start_gatew
     assert b"200" in sock.recv(4096)
     sock.close()
     registry = gw.gateway.registry
-    wait_until(lambda: registry.backends()[0].in_flight == 0, timeout=5)
+    wait_until(lambda: registry.current.lb[0].backend.in_flight == 0, timeout=5)
     wait_until(backend.client_gone.is_set, timeout=5)  # the backend connection was closed
     assert gw.server.in_flight.count == 0
     m = gw.metrics()["endpointMetrics"][0]["metrics"]

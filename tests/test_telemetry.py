@@ -7,7 +7,10 @@ from gateway_app.routing.telemetry import LATENCY_BUCKETS, Telemetry
 
 
 class _Backend:
-    uri = "http://example.test/openai/deployments/a/chat/completions?api-version=2024-10-21"
+    """A pool entry as the telemetry sees it: its pool and its label."""
+
+    pool = "/lb"
+    label = "http://example.test/openai/deployments/a/chat/completions"
 
 
 class _NoState:
@@ -23,6 +26,10 @@ class _NoState:
         return self.counts
 
 
+def _labels(*pairs: tuple[str, str]) -> tuple:
+    return tuple(sorted(pairs))
+
+
 def _samples(telemetry: Telemetry) -> dict[tuple[str, tuple], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in telemetry.prometheus.collect() for s in family.samples}
@@ -33,18 +40,20 @@ def test_histogram_buckets_are_cumulative_and_include_their_bound():
     for seconds in (0.01, 0.025, 0.03, 1.0, 400.0):
         telemetry.answered(_Backend(), 200, seconds, None)
     samples = _samples(telemetry)
-    endpoint = ("endpoint", "http://example.test/openai/deployments/a/chat/completions")
+    endpoint = ("endpoint", "http://example.test/openai/deployments/a/chat/completions"), \
+        ("pool", "/lb")
 
     def bucket(le: str) -> float:
-        return samples[("apirouter_backend_latency_seconds_bucket", (endpoint, ("le", le)))]
+        return samples[("apirouter_backend_latency_seconds_bucket", _labels(*endpoint, ("le", le)))]
 
     assert bucket("0.025") == 2  # 0.025 itself is "less than or equal"
     assert bucket("0.05") == 3
     assert bucket("1.0") == 4
     assert bucket(str(float(LATENCY_BUCKETS[-1]))) == 4
     assert bucket("+Inf") == 5
-    assert samples[("apirouter_backend_latency_seconds_count", (endpoint,))] == 5
-    assert abs(samples[("apirouter_backend_latency_seconds_sum", (endpoint,))] - 401.065) < 1e-9
+    assert samples[("apirouter_backend_latency_seconds_count", _labels(*endpoint))] == 5
+    total = samples[("apirouter_backend_latency_seconds_sum", _labels(*endpoint))]
+    assert abs(total - 401.065) < 1e-9
 
 
 def test_counters_add_up_per_label():
@@ -53,11 +62,13 @@ def test_counters_add_up_per_label():
     telemetry.answered(_Backend(), 400, 0.1, None)
     telemetry.refused(_Backend(), "429", "throttled")
     samples = _samples(telemetry)
-    endpoint = ("endpoint", "http://example.test/openai/deployments/a/chat/completions")
-    assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "2xx")))] == 1
-    assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "4xx")))] == 1
-    assert samples[("apirouter_backend_calls_total", (endpoint, ("status_class", "429")))] == 1
-    assert samples[("apirouter_cooldowns_total", (endpoint, ("reason", "throttled")))] == 1
-    assert samples[("apirouter_tokens_total", (endpoint, ("kind", "prompt")))] == 3
+    endpoint = ("endpoint", "http://example.test/openai/deployments/a/chat/completions"), \
+        ("pool", "/lb")
+    calls = {cls: samples[("apirouter_backend_calls_total",
+                           _labels(*endpoint, ("status_class", cls)))]
+             for cls in ("2xx", "4xx", "429")}
+    assert calls == {"2xx": 1, "4xx": 1, "429": 1}
+    assert samples[("apirouter_cooldowns_total", _labels(*endpoint, ("reason", "throttled")))] == 1
+    assert samples[("apirouter_tokens_total", _labels(*endpoint, ("kind", "prompt")))] == 3
     assert samples[("apirouter_client_calls_total", (("outcome", "served"),))] == 4
     assert samples[("apirouter_client_calls_total", (("outcome", "unserved"),))] == 1

@@ -7,7 +7,8 @@ holding its lock.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,13 +86,19 @@ class EndpointMetrics:
         self.started_at = now
         return entry
 
-    def to_json(self) -> dict[str, Any]:
-        """The original's ``metrics`` object; history "0" is the oldest interval kept."""
-        c = self.current
-        return {
-            "apiCalls": c.api_calls,
-            "failedCalls": c.failed_calls,
-            "totalCalls": c.api_calls + c.failed_calls,
-            "kInferenceTokens": c.tokens / 1000,
-            "history": {str(i): entry for i, entry in enumerate(self.history)},
-        }
+    def copy(self) -> tuple[IntervalCounters, list[dict[str, Any]]]:
+        """The current counters and the history, copied (closed entries are never changed,
+        so they are shared), for building JSON outside the registry's lock."""
+        return replace(self.current), list(self.history)
+
+
+def metrics_json(current: IntervalCounters, history: Sequence[dict[str, Any]]
+                 ) -> dict[str, Any]:
+    """The original's ``metrics`` object of one row; history "0" is the oldest kept."""
+    return {
+        "apiCalls": current.api_calls,
+        "failedCalls": current.failed_calls,
+        "totalCalls": current.api_calls + current.failed_calls,
+        "kInferenceTokens": current.tokens / 1000,
+        "history": {str(i): entry for i, entry in enumerate(history)},
+    }

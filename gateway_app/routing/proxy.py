@@ -8,6 +8,7 @@ other answer, including a client error, goes back to the client as it is.
 
 from __future__ import annotations
 
+import enum
 import http.client
 import json
 import logging
@@ -22,11 +23,11 @@ from ..errors import error_body
 from ..logs import Fields, log_fields
 from ..settings import Settings
 from .headers import backend_headers, client_headers
-from .registry import Backend, Registry
+from .registry import Lease, PoolEntry, Registry
 from .retry_after import retry_after_seconds, whole_seconds
 from .sse import EventSplitter, Usage, is_usage_only, usage_of
 from .telemetry import Telemetry, status_class
-from .transport import Reply
+from .transport import BackendReply
 
 log = logging.getLogger("apirouter.call")
 
@@ -54,22 +55,48 @@ class Call:
 
 
 @dataclass
-class Answer:
-    """What the route turns into an HTTP response."""
+class ClientAnswer:
+    """What the route turns into the HTTP response to the client."""
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes | Iterable[bytes]
 
 
-class Outcome:
-    """Attempts of one call, for the log line and the response headers."""
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of one backend: its HTTP status, or the error that stood for an answer."""
 
-    def __init__(self) -> None:
-        self.attempts: list[str] = []
+    priority: int
+    status: int = 0  # 0: the backend gave no status
+    error: str = ""  # then, the exception that stood for it (its class name)
 
-    def tried(self, backend: Backend, result: str) -> None:
-        self.attempts.append(f"{backend.priority}:{result}")
+    @property
+    def kind(self) -> str:
+        """The class Prometheus counts it under: 2xx, 4xx, 429, 5xx, or error."""
+        return status_class(self.status) if self.status else "error"
+
+    def __str__(self) -> str:  # what the log line and headers show, e.g. "0:429"
+        return f"{self.priority}:{self.status or self.error}"
+
+
+class Attempts(list[Attempt]):
+    """The attempts of one call, in order."""
+
+    @property
+    def throttled(self) -> bool:
+        return any(a.status == 429 for a in self)
+
+    def __str__(self) -> str:
+        return ",".join(map(str, self)) or "-"
+
+
+class StreamEnd(enum.Enum):
+    """How a relayed stream ended."""
+
+    DONE = "done"
+    CLIENT_GONE = "client-gone"
+    BROKEN = "broken"
 
 
 def _supports_stream_options(uri: str) -> bool:
@@ -91,6 +118,10 @@ def _body_for(url: str, call: Call) -> tuple[bytes, bool]:
     return json.dumps(payload, separators=(",", ":")).encode(), True
 
 
+def _own_url(entry: PoolEntry) -> str:
+    return entry.url
+
+
 class Proxy:
     """Forwards calls through the registry's backends; holds no per-call state."""
 
@@ -99,47 +130,51 @@ class Proxy:
         self.settings = settings
         self.telemetry = telemetry
 
-    def forward(self, call: Call, client_gone: Callable[[], bool] = lambda: False,
-                backends: Sequence[Backend] | None = None,
-                target: Callable[[Backend], str] = lambda b: b.uri) -> Answer:
-        """Try ``backends`` (by default the /lb list) in order; ``target`` gives each one's URL."""
-        outcome = Outcome()
-        backends = self.registry.backends() if backends is None else backends
-        for backend in backends:
-            if not self.registry.acquire(backend):
+    def forward(self, call: Call, entries: Sequence[PoolEntry],
+                target: Callable[[PoolEntry], str] = _own_url,
+                client_gone: Callable[[], bool] = lambda: False) -> ClientAnswer:
+        """Try ``entries`` in order; ``target`` gives each one's URL (by default its own)."""
+        attempts = Attempts()
+        for entry in entries:
+            lease = self.registry.acquire(entry)
+            if lease is None:
                 continue
-            answer = self._attempt(backend, target(backend), call, outcome, client_gone)
+            try:
+                answer = self._attempt(lease, target(entry), call, attempts, client_gone)
+            except BaseException:
+                lease.abandon()  # the in-flight count is given back whatever went wrong
+                raise
             if answer is not None:
                 self.registry.count_client_call(served=True)
                 return answer
         self.registry.count_client_call(served=False)
-        return self._unavailable(call, outcome, backends)
+        return self._unavailable(call, attempts, entries)
 
-    def _attempt(self, backend: Backend, url: str, call: Call, outcome: Outcome,
-                 client_gone: Callable[[], bool]) -> Answer | None:
-        """One try on an acquired backend: an Answer to relay, or None to fail over."""
+    def _attempt(self, lease: Lease, url: str, call: Call, attempts: Attempts,
+                 client_gone: Callable[[], bool]) -> ClientAnswer | None:
+        """One try on a leased entry: an answer to relay, or None to fail over."""
+        entry = lease.entry
         body, injected = _body_for(url, call)
-        timeout = (self.settings.connect_timeout,
-                   backend.read_timeout or self.settings.read_timeout)
         started = time.monotonic()
         try:
-            response = backend.transport.post(
-                url, body, backend_headers(call.headers, backend.api_key, call.request_id,
-                                           call.content_type), timeout)
+            response = lease.backend.transport.post(
+                url, body, backend_headers(call.headers, entry.api_key, call.request_id,
+                                           call.content_type), entry.timeout)
         except STREAM_ERRORS as exc:
-            return self._fault(backend, outcome, type(exc).__name__)
+            return self._fault(lease, attempts, Attempt(entry.priority, error=type(exc).__name__))
         status = response.status_code
         if status == 429:
             cooldown = retry_after_seconds(response.headers, self.settings.default_retry_after,
                                            self.settings.max_retry_after)
             response.close()
-            self.registry.throttled(backend, cooldown)
-            self.telemetry.refused(backend, "429", "throttled")
-            outcome.tried(backend, "429")
+            lease.throttled(cooldown)
+            attempt = Attempt(entry.priority, status)
+            self.telemetry.refused(entry, attempt.kind, "throttled")
+            attempts.append(attempt)
             return None
         if status >= 500:
             response.close()
-            return self._fault(backend, outcome, str(status))
+            return self._fault(lease, attempts, Attempt(entry.priority, status))
         streamed = "text/event-stream" in response.headers.get("content-type", "")
         try:
             if streamed:
@@ -150,50 +185,49 @@ class Proxy:
                 content = response.raw.read(decode_content=False)
         except STREAM_ERRORS as exc:
             response.close()
-            return self._fault(backend, outcome, type(exc).__name__)
-        outcome.tried(backend, str(status))
+            return self._fault(lease, attempts, Attempt(entry.priority, error=type(exc).__name__))
+        attempts.append(Attempt(entry.priority, status))
         headers = client_headers(response.raw.headers.iteritems(), call.request_id,
-                                 backend.priority, len(outcome.attempts))
+                                 entry.priority, len(attempts))
         if streamed:
-            relay = StreamRelay(self, backend, response, call, outcome, started, content,
+            relay = StreamRelay(self, lease, response, call, attempts, started, content,
                                 injected, client_gone)
-            return Answer(status, [*headers, ("x-accel-buffering", "no")], relay)
+            return ClientAnswer(status, [*headers, ("x-accel-buffering", "no")], relay)
         response.close()
-        self.finished(call, backend, outcome, status, started,
+        self.finished(call, lease, attempts, status, started,
                       usage_of(content) if status < 300 else None)
-        return Answer(status, headers, content)
+        return ClientAnswer(status, headers, content)
 
-    def finished(self, call: Call, backend: Backend, outcome: Outcome, status: int,
+    def finished(self, call: Call, lease: Lease, attempts: Attempts, status: int,
                  started: float, usage: Usage | None, ttft: float | None = None,
-                 stream: str = "") -> None:
+                 stream: StreamEnd | None = None) -> None:
         """An answer was relayed: count it, time it, log it."""
         seconds = time.monotonic() - started
-        self.registry.succeeded(backend, seconds * 1000, usage)
-        self.telemetry.answered(backend, status, seconds, usage, ttft)
-        log_call(call, outcome, status, seconds, backend=backend, usage=usage, ttft=ttft,
+        lease.succeeded(seconds * 1000, usage)
+        self.telemetry.answered(lease.entry, status, seconds, usage, ttft)
+        log_call(call, attempts, status, seconds, entry=lease.entry, usage=usage, ttft=ttft,
                  stream=stream)
 
-    def broken(self, call: Call, backend: Backend, outcome: Outcome, status: int,
+    def broken(self, call: Call, lease: Lease, attempts: Attempts, status: int,
                started: float, usage: Usage | None, ttft: float | None) -> None:
         """A stream broke after its first byte: too late to fail over, but a fault."""
-        self.registry.failed(backend)
-        self.telemetry.refused(backend, "stream_broken", "failed")
-        log_call(call, outcome, status, time.monotonic() - started, backend=backend,
-                 usage=usage, ttft=ttft, stream="broken")
+        lease.failed()
+        self.telemetry.refused(lease.entry, "stream_broken", "failed")
+        log_call(call, attempts, status, time.monotonic() - started, entry=lease.entry,
+                 usage=usage, ttft=ttft, stream=StreamEnd.BROKEN)
 
-    def _fault(self, backend: Backend, outcome: Outcome, reason: str) -> None:
-        self.registry.failed(backend)
-        self.telemetry.refused(backend, status_class(int(reason)) if reason.isdigit() else "error",
-                               "failed")
-        outcome.tried(backend, reason)
+    def _fault(self, lease: Lease, attempts: Attempts, attempt: Attempt) -> None:
+        lease.failed()
+        self.telemetry.refused(lease.entry, attempt.kind, "failed")
+        attempts.append(attempt)
         return None
 
-    def _unavailable(self, call: Call, outcome: Outcome,
-                     backends: Sequence[Backend]) -> Answer:
+    def _unavailable(self, call: Call, attempts: Attempts,
+                     entries: Sequence[PoolEntry]) -> ClientAnswer:
         """Every backend is cooling down or failed: 429 or 503 with when to come back."""
-        busy = self.registry.busy(backends)
+        busy = self.registry.busy(entries)
         wait = busy.retry_after or self.settings.failure_cooldown
-        throttled = busy.throttled or any(a.endswith(":429") for a in outcome.attempts)
+        throttled = busy.throttled or attempts.throttled
         status = 429 if throttled else 503
         if throttled:
             message = "All endpoints are busy (throttled or cooling down)"
@@ -205,8 +239,9 @@ class Proxy:
                    ("x-request-id", call.request_id),
                    ("content-type", "application/json")]
         code = "AllEndpointsBusy" if throttled else "NoEndpointAvailable"
-        log_call(call, outcome, status, time.monotonic() - call.started, retry_after=wait)
-        return Answer(status, headers, error_body(code, message))
+        log_call(call, attempts, status, time.monotonic() - call.started, retry_after=wait,
+                 pool=entries[0].pool if entries else "-")
+        return ClientAnswer(status, headers, error_body(code, message))
 
 
 class StreamRelay:
@@ -214,18 +249,18 @@ class StreamRelay:
 
     Only whole events are passed on, so a backend that breaks mid-stream leaves the client
     with a clean end: an error event instead of half an event. The backend's connection and
-    the registry's in-flight count are released once, when the relay ends for whatever reason
-    (done, backend fault, client gone), even if the server never started iterating.
+    the lease are released once, when the relay ends for whatever reason (done, backend
+    fault, client gone), even if the server never started iterating.
     """
 
-    def __init__(self, proxy: Proxy, backend: Backend, response: Reply,
-                 call: Call, outcome: Outcome, started: float, first: bytes,
+    def __init__(self, proxy: Proxy, lease: Lease, response: BackendReply,
+                 call: Call, attempts: Attempts, started: float, first: bytes,
                  injected: bool, client_gone: Callable[[], bool]) -> None:
         self.proxy = proxy
-        self.backend = backend
+        self.lease = lease
         self.response = response
         self.call = call
-        self.outcome = outcome
+        self.attempts = attempts
         self.started = started
         self.first = first
         self.injected = injected
@@ -243,15 +278,16 @@ class StreamRelay:
                 if out:
                     yield b"".join(out)
                 if self.client_gone():
-                    self._release("client-gone")
+                    self._release(StreamEnd.CLIENT_GONE)
                     return
                 data = self.response.raw.read1(READ_SIZE)
         except STREAM_ERRORS as exc:
-            log.warning("call %s: stream from endpoint %d broke: %s", self.call.request_id,
-                        self.backend.priority, type(exc).__name__)
-            self._release("broken")
+            log.warning("call %s: stream from %s (pool %s) broke: %s", self.call.request_id,
+                        self.lease.backend.name, self.lease.entry.pool,
+                        type(exc).__name__)
+            self._release(StreamEnd.BROKEN)
             yield _stream_error_event()
-        self._release("done")
+        self._release(StreamEnd.DONE)
 
     def _filter(self, event: bytes) -> bytes:
         """Read usage; hide the usage chunk and null usage fields the client did not ask for."""
@@ -265,16 +301,16 @@ class StreamRelay:
 
     def close(self) -> None:
         """Called by the server when the response ends; a no-op after a normal end."""
-        self._release("client-gone")
+        self._release(StreamEnd.CLIENT_GONE)
 
-    def _release(self, how: str) -> None:
+    def _release(self, how: StreamEnd) -> None:
         if self._released:
             return
         self._released = True
         self.response.close()
-        args = (self.call, self.backend, self.outcome, self.response.status_code, self.started,
+        args = (self.call, self.lease, self.attempts, self.response.status_code, self.started,
                 self.usage, self.ttft)
-        if how == "broken":
+        if how is StreamEnd.BROKEN:
             self.proxy.broken(*args)
         else:  # a client that hangs up is not the backend's fault
             self.proxy.finished(*args, stream=how)
@@ -286,25 +322,27 @@ def _stream_error_event() -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
-def log_call(call: Call, outcome: Outcome, status: int, seconds: float,
-             backend: Backend | None = None, usage: Usage | None = None,
-             ttft: float | None = None, stream: str = "",
-             retry_after: float | None = None) -> None:
+def log_call(call: Call, attempts: Attempts, status: int, seconds: float,
+             entry: PoolEntry | None = None, usage: Usage | None = None,
+             ttft: float | None = None, stream: StreamEnd | None = None,
+             retry_after: float | None = None, pool: str = "-") -> None:
     """One structured line per client call (info when served, warning when not)."""
-    level = logging.INFO if backend is not None else logging.WARNING
+    level = logging.INFO if entry is not None else logging.WARNING
     if not log.isEnabledFor(level):
         return
     fields: Fields = {"request_id": call.request_id, "client": call.client or "-",
-                      "endpoint": backend.priority if backend else "-",
-                      "attempts": ",".join(outcome.attempts) or "-", "status": status,
+                      "pool": entry.pool if entry else pool,
+                      "backend": entry.backend.name if entry else "-",
+                      "endpoint": entry.priority if entry else "-",
+                      "attempts": str(attempts), "status": status,
                       "latency_ms": round(seconds * 1000, 1)}
     if ttft is not None:
         fields["ttft_ms"] = round(ttft * 1000, 1)
     if usage is not None:
         fields.update(prompt_tokens=usage.prompt, completion_tokens=usage.completion,
                       total_tokens=usage.total)
-    if stream:
-        fields["stream"] = stream
+    if stream is not None:
+        fields["stream"] = stream.value
     if retry_after is not None:
         fields["retry_after_s"] = round(retry_after, 3)
-    log_fields(log, level, "call served" if backend else "call unserved", fields)
+    log_fields(log, level, "call served" if entry else "call unserved", fields)

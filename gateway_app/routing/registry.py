@@ -1,49 +1,129 @@
-"""Backends and the locked registry that holds every piece of shared state.
+"""Backends, the pools that list them, and the one lock over their state.
 
-A Backend owns its Transport, a requests Session with pooled connections to one deployment (see
-transport.py). Its cooldown, fault
-streak, in-flight count and metrics change only under the registry's lock, which is held just to
-read or update them, never during network I/O. A reload builds a new tuple of backends, keeping
-the objects (state and metrics) of endpoints still present, and swaps it in one step; calls in
-flight keep the Backend they hold.
+A :class:`Backend` is one Azure OpenAI deployment (its resource and deployment name). Its
+Transport (a requests Session), cooldown, fault streak and in-flight count exist once,
+whichever pools list it, so a 429 seen through any route benches it for all of them.
+
+A :class:`PoolEntry` is one listing of a backend in a pool: its URL, key, priority, weight,
+read timeout and metrics (so /metrics shows one row per pool and backend). The original's
+``endpoints`` list is the default pool, :data:`DEFAULT_POOL`, served by ``/lb``.
+
+Mutable state changes only under the registry's lock, held just to read or update it, never
+during network I/O. A reload builds a new :class:`Snapshot` (configuration, client keys,
+pools) and publishes it in one assignment; entries and backends still present keep their
+objects (state and metrics). A call in flight keeps what it holds; one whose entry or backend
+was removed by a reload is not started (:meth:`Registry.acquire` checks both).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
-from ..config import EndpointConfig, PoolConfig
-from .metrics import EndpointMetrics
+import urllib3
+
+from ..config import EndpointConfig, GatewayConfig
+from ..keys import ClientKeys
+from .metrics import EndpointMetrics, metrics_json
 from .sse import Usage
 from .transport import Transport
+
+# The pool name of the original's `endpoints` list; a slash keeps it apart from every
+# configurable pool name (config.NAME allows none).
+DEFAULT_POOL = "/lb"
+
+# An Azure OpenAI URL names its deployment here; what follows is the operation.
+_DEPLOYMENT_PATH = re.compile(r"^(.*?/openai/deployments/[^/]+)")
+# 2 ** 60 seconds is forever; a larger exponent only risks an OverflowError
+_MAX_DOUBLINGS = 60
+
+
+def deployment_of(url: str) -> tuple[str, str]:
+    """The backend a URL reaches: ``(identity, short name)``.
+
+    The identity is the deployment's URL without operation or query
+    (``https://res.openai.azure.com/openai/deployments/gpt-4o``); a URL of another shape is
+    its own backend (origin and path). The short name (``res.openai.azure.com/gpt-4o``) is
+    for logs and labels.
+    """
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc.lower()}"
+    found = _DEPLOYMENT_PATH.match(parts.path)
+    if found:
+        deployment = found.group(1).rsplit("/", 1)[1]
+        return origin + found.group(1), f"{parts.netloc.lower()}/{deployment}"
+    return origin + parts.path, parts.netloc.lower() + parts.path
+
+
+def endpoint_label(url: str) -> str:
+    """The URL without its query string: stable and short enough for a label."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 @dataclass(eq=False)
 class Backend:
-    """One deployment: where it is, its key, its transport (Session), and its state (under
-    the lock)."""
+    """One deployment and its state (changed under the registry's lock)."""
 
-    uri: str
-    api_key: str = field(repr=False)
-    priority: int
-    read_timeout: float | None
-    pool: str  # "" for the /lb endpoints, else the deployment pool's name
+    id: str
+    name: str
     transport: Transport = field(repr=False)
-    metrics: EndpointMetrics = field(repr=False)
-    weight: float = 1.0
     cooldown_until: float = 0.0  # time.monotonic() before which nothing is sent
     cooldown_reason: str = ""  # "throttled" or "failed"
     fault_streak: int = 0
     in_flight: int = 0
-    retired: bool = False
+    retired: bool = False  # listed by no pool since the last reload
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.cooldown_until - now)
+
+
+@dataclass(eq=False)
+class PoolEntry:
+    """One listing of a backend in a pool; its key, order and timeout follow reloads."""
+
+    pool: str
+    backend: Backend
+    url: str  # /lb: the operation's whole URL; a named pool: the deployment's URL
+    api_key: str = field(repr=False)
+    priority: int
+    weight: float
+    read_timeout: float | None
+    metrics: EndpointMetrics = field(repr=False)
+    timeout: urllib3.Timeout = field(repr=False)
+    retired: bool = False
+    label: str = ""  # endpoint_label(url), for Prometheus
+
+    def __post_init__(self) -> None:
+        self.label = endpoint_label(self.url)
+
+    @property
+    def is_default_pool(self) -> bool:
+        return self.pool == DEFAULT_POOL
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One published configuration: what every request reads, swapped whole on reload."""
+
+    config: GatewayConfig
+    client_keys: ClientKeys
+    lb: tuple[PoolEntry, ...]  # the default pool, in priority order
+    pools: Mapping[str, tuple[PoolEntry, ...]]  # named pools, each in priority order
+
+    def entries(self) -> list[PoolEntry]:
+        return [*self.lb, *(e for entries in self.pools.values() for e in entries)]
+
+    def backends(self) -> list[Backend]:
+        """Each backend once, in the order pools first list them."""
+        return list({id(e.backend): e.backend for e in self.entries()}.values())
 
 
 @dataclass(frozen=True)
@@ -54,133 +134,173 @@ class Busy:
     throttled: bool
 
 
-class Registry:
-    """The ordered backends and the instance counters, behind one lock."""
+class Lease:
+    """One attempt on a pool entry, from :meth:`Registry.acquire` until it ends, exactly once.
 
-    def __init__(self, pool_size: int, history_size: int,
-                 failure_cooldown: float, failure_cooldown_max: float) -> None:
+    Whatever happens in between, the backend's in-flight count is given back: the proxy
+    calls :meth:`abandon` when an attempt ends in an unexpected exception, a no-op after
+    a normal end.
+    """
+
+    __slots__ = ("_registry", "backend", "ended", "entry")
+
+    def __init__(self, registry: Registry, entry: PoolEntry, backend: Backend) -> None:
+        self._registry = registry
+        self.entry = entry
+        self.backend = backend  # the one whose in-flight count this lease holds
+        self.ended = False
+
+    def succeeded(self, latency_ms: float, usage: Usage | None) -> None:
+        """The backend answered (2xx, or a client error relayed as it is)."""
+        self._registry._succeeded(self, latency_ms, usage)
+
+    def throttled(self, cooldown: float) -> None:
+        """The backend answered 429: nothing goes to it for ``cooldown`` seconds."""
+        self._registry._end(self, lambda: self._registry._cool(self, cooldown, "throttled"))
+
+    def failed(self) -> None:
+        """A fault: bench the backend, longer for each fault in a row."""
+        self._registry._end(self, lambda: self._registry._fault(self))
+
+    def abandon(self) -> None:
+        """Give the in-flight count back without counting anything (idempotent)."""
+        self._registry._end(self, lambda: None)
+
+
+class Registry:
+    """The published snapshot, every backend's state and the instance counters, behind one
+    lock (``_lock`` guards backends' and entries' mutable fields, metrics and counters)."""
+
+    def __init__(self, max_connections: int, history_size: int,
+                 failure_cooldown: float, failure_cooldown_max: float,
+                 connect_timeout: float, read_timeout: float) -> None:
         self._lock = threading.Lock()
-        self._backends: tuple[Backend, ...] = ()
-        self._pools: dict[str, tuple[Backend, ...]] = {}
-        self._pool_size = pool_size
+        self._max_connections = max_connections
         self._history_size = history_size
         self._failure_cooldown = failure_cooldown
         self._failure_cooldown_max = failure_cooldown_max
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self.current = Snapshot(GatewayConfig([]), ClientKeys({}), (), MappingProxyType({}))
         self.success_calls = 0
         self.failed_calls = 0
 
     # --- configuration ---------------------------------------------------------------------
-    def replace(self, endpoints: Iterable[EndpointConfig],
-                pools: Mapping[str, PoolConfig] | None = None) -> None:
-        """Swap in new lists in one step; a backend with the same uri (in the same pool)
-        keeps its state and metrics.
+    def publish(self, config: GatewayConfig, client_keys: ClientKeys) -> Snapshot:
+        """Build the pools of ``config`` and publish them with the keys, in one step.
 
-        The uri names the deployment, so a rotated key keeps its cooldown and history.
+        An entry listed again (same pool and URL) keeps its object, so its metrics go on and
+        its new key, order and timeout reach calls holding the old snapshot too. A backend
+        listed again (same deployment) keeps its state: a rotated key keeps the cooldown.
         """
         now = time.time()
         with self._lock:
-            old = {(b.pool, b.uri): b for b in self._all()}
+            old_entries = {(e.pool, e.url): e for e in self.current.entries()}
+            old_backends = {b.id: b for b in self.current.backends()}
+            backends: dict[str, Backend] = {}
 
-            def build(pool: str, configs: Iterable[EndpointConfig],
-                      by_position: bool) -> tuple[Backend, ...]:
-                fresh = []
-                for position, cfg in enumerate(configs):
-                    backend = old.pop((pool, cfg.uri), None) or Backend(
-                        uri=cfg.uri, api_key=cfg.api_key, priority=0, read_timeout=None,
-                        pool=pool, transport=Transport(self._pool_size),
-                        metrics=EndpointMetrics(self._history_size, now))
-                    backend.priority = position if by_position else cfg.priority
-                    backend.api_key = cfg.api_key
-                    backend.read_timeout = cfg.timeout
-                    backend.weight = cfg.weight
-                    fresh.append(backend)
-                return tuple(fresh)
+            def entry(pool: str, cfg: EndpointConfig, priority: int) -> PoolEntry:
+                backend_id, name = deployment_of(cfg.uri)
+                backend = backends.get(backend_id) or old_backends.pop(backend_id, None) \
+                    or Backend(backend_id, name, Transport(self._max_connections))
+                backends[backend_id] = backend
+                # urllib3 copies the Timeout it is given, so one per entry can be shared
+                timeout = urllib3.Timeout(connect=self._connect_timeout,
+                                          read=cfg.timeout or self._read_timeout)
+                found = old_entries.pop((pool, cfg.uri), None)
+                if found is None:
+                    return PoolEntry(pool, backend, cfg.uri, cfg.api_key, priority, cfg.weight,
+                                     cfg.timeout, EndpointMetrics(self._history_size, now),
+                                     timeout)
+                found.backend, found.api_key, found.priority = backend, cfg.api_key, priority
+                found.weight, found.read_timeout, found.timeout = cfg.weight, cfg.timeout, timeout
+                return found
 
-            self._backends = build("", endpoints, by_position=True)
-            self._pools = {name: build(name, pool.backends, by_position=False)
-                           for name, pool in (pools or {}).items()}
+            lb = tuple(entry(DEFAULT_POOL, cfg, position)
+                       for position, cfg in enumerate(config.endpoints))
+            pools = {name: tuple(entry(name, cfg, cfg.priority) for cfg in pool.backends)
+                     for name, pool in config.pools.items()}
+            for gone in old_entries.values():
+                gone.retired = True
             idle = []
-            for backend in old.values():
+            for backend in old_backends.values():
                 backend.retired = True
                 if backend.in_flight == 0:
                     idle.append(backend)
+            self.current = Snapshot(config, client_keys, lb, MappingProxyType(pools))
+            snapshot = self.current
         for backend in idle:
             backend.transport.close()
+        return snapshot
 
-    def backends(self) -> tuple[Backend, ...]:
-        """The /lb list in priority order (an immutable snapshot)."""
-        return self._backends
-
-    def pools(self) -> dict[str, tuple[Backend, ...]]:
-        """The deployment pools (a snapshot)."""
-        return self._pools
-
-    def _all(self) -> list[Backend]:
-        return [*self._backends, *(b for pool in self._pools.values() for b in pool)]
-
-    def pool_order(self, name: str) -> list[Backend] | None:
-        """A pool's backends in the order to try them, or None for an unknown pool.
+    @staticmethod
+    def pool_order(entries: Sequence[PoolEntry]) -> list[PoolEntry]:
+        """A named pool's entries in the order to try them.
 
         Priorities are tried in order; within one priority the order is drawn at random in
         proportion to the weights, so calls spread over equal backends.
         """
-        backends = self._pools.get(name)
-        if backends is None:
-            return None
         # Efraimidis-Spirakis: sorting by u ** (1 / weight) draws a weighted order
-        return sorted(backends, key=lambda b: (b.priority, -random.random() ** (1 / b.weight)))
+        return sorted(entries, key=lambda e: (e.priority, -random.random() ** (1 / e.weight)))
 
     # --- one call --------------------------------------------------------------------------
-    def acquire(self, backend: Backend) -> bool:
-        """Count a call on ``backend`` unless it is cooling down (checked under the lock)."""
-        with self._lock:
-            if backend.cooldown_until > time.monotonic():
-                return False
-            backend.in_flight += 1
-            return True
+    def acquire(self, entry: PoolEntry) -> Lease | None:
+        """A lease on ``entry`` unless its backend is cooling down or a reload removed it.
 
-    def _release(self, backend: Backend) -> bool:
-        """Lock held. True when the Session of a retired backend can now be closed."""
+        Both checks and the count happen under the lock, so a reload cannot retire the
+        backend between them unseen.
+        """
+        backend = entry.backend
+        with self._lock:
+            if entry.retired or backend.retired or backend.cooldown_until > time.monotonic():
+                return None
+            backend.in_flight += 1
+        return Lease(self, entry, backend)
+
+    def _release(self, lease: Lease) -> bool:
+        """Lock held. End the lease; True when a retired backend's Session can be closed."""
+        lease.ended = True
+        backend = lease.backend
         backend.in_flight -= 1
         return backend.retired and backend.in_flight == 0
 
-    def _finish(self, backend: Backend, update: Any) -> None:
+    def _end(self, lease: Lease, update: Callable[[], None]) -> None:
         with self._lock:
+            if lease.ended:
+                return
             update()
-            close = self._release(backend)
+            close = self._release(lease)
         if close:
-            backend.transport.close()
+            lease.backend.transport.close()
 
-    def succeeded(self, backend: Backend, latency_ms: float, usage: Usage | None) -> None:
-        """The backend answered (2xx, or a client error relayed as it is)."""
-        with self._lock:  # written out, not through _finish: this runs on every call
-            backend.fault_streak = 0
-            backend.metrics.success(latency_ms, usage)
-            close = self._release(backend)
+    def _succeeded(self, lease: Lease, latency_ms: float, usage: Usage | None) -> None:
+        entry = lease.entry
+        with self._lock:  # written out, not through _end: this runs on every call
+            if lease.ended:
+                return
+            lease.backend.fault_streak = 0
+            entry.metrics.success(latency_ms, usage)
+            close = self._release(lease)
         if close:
-            backend.transport.close()
+            lease.backend.transport.close()
 
     @staticmethod
-    def _cool(backend: Backend, seconds: float, reason: str) -> None:
+    def _cool(lease: Lease, seconds: float, reason: str) -> None:
         """Lock held. Extend the cooldown (never shorten it) and count the failed call."""
+        backend = lease.backend
         until = time.monotonic() + seconds
         if until > backend.cooldown_until:
             backend.cooldown_until = until
             backend.cooldown_reason = reason
-        backend.metrics.failure()
+        lease.entry.metrics.failure()
 
-    def throttled(self, backend: Backend, cooldown: float) -> None:
-        """The backend answered 429: nothing goes to it for ``cooldown`` seconds."""
-        self._finish(backend, lambda: self._cool(backend, cooldown, "throttled"))
-
-    def failed(self, backend: Backend) -> None:
-        """A fault: bench the backend, longer for each fault in a row."""
-        def update() -> None:
-            backend.fault_streak += 1
-            bench = min(self._failure_cooldown * 2 ** (backend.fault_streak - 1),
-                        self._failure_cooldown_max)
-            self._cool(backend, bench, "failed")
-        self._finish(backend, update)
+    def _fault(self, lease: Lease) -> None:
+        """Lock held. One more fault in a row: a bench twice as long as the last, capped."""
+        backend = lease.backend
+        backend.fault_streak += 1
+        doublings = min(backend.fault_streak - 1, _MAX_DOUBLINGS)
+        bench = min(self._failure_cooldown * 2.0 ** doublings, self._failure_cooldown_max)
+        self._cool(lease, bench, "failed")
 
     def count_client_call(self, served: bool) -> None:
         """Instance totals: a client call served by some backend, or one no backend could."""
@@ -195,59 +315,60 @@ class Registry:
         with self._lock:
             return self.success_calls, self.failed_calls
 
-    def busy(self, backends: Iterable[Backend]) -> Busy:
+    def busy(self, entries: Iterable[PoolEntry]) -> Busy:
         """When the earliest cooling backend is free again, and whether any is throttled."""
         now = time.monotonic()
         with self._lock:
-            cooling = [b for b in backends if b.cooldown_until > now]
+            cooling = [e.backend for e in entries if e.backend.cooldown_until > now]
             throttled = any(b.cooldown_reason == "throttled" for b in cooling)
             wait = min((b.remaining(now) for b in cooling), default=0.0)
         return Busy(retry_after=wait, throttled=throttled)
 
     # --- metrics ---------------------------------------------------------------------------
     def close_intervals(self) -> list[dict[str, Any]]:
-        """Close the current metrics interval of every backend; return the closed entries."""
+        """Close the current metrics interval of every entry; return the closed entries."""
         now = time.time()
         with self._lock:
-            closed = []
-            for backend in self._all():
-                entry = backend.metrics.close_interval(now)
-                where = {"deployment": backend.pool} if backend.pool else {}
-                closed.append({"endpoint": backend.uri, "priority": backend.priority, **where,
-                               **entry})
-            return closed
+            return [{"endpoint": e.url, "priority": e.priority,
+                     **({} if e.is_default_pool else {"deployment": e.pool}),
+                     **e.metrics.close_interval(now)} for e in self.current.entries()]
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        """Per-endpoint metrics and instance totals, copied under the lock."""
+        """Per-entry metrics and instance totals: copied under the lock, built outside it."""
+        snapshot = self.current
         with self._lock:
-            endpoints = [{
-                "endpoint": b.uri,
-                "priority": b.priority,
-                "metrics": b.metrics.to_json(),
-            } for b in self._backends]
-            pools = {name: [{"endpoint": b.uri, "priority": b.priority, "weight": b.weight,
-                             "metrics": b.metrics.to_json()} for b in backends]
-                     for name, backends in self._pools.items()}
-            return {"endpointMetrics": endpoints,
-                    "deploymentMetrics": pools,
-                    "successApiCalls": self.success_calls,
-                    "failedApiCalls": self.failed_calls,
-                    "totalApiCalls": self.success_calls + self.failed_calls}
+            copies = {id(e): e.metrics.copy() for e in snapshot.entries()}
+            served, unserved = self.success_calls, self.failed_calls
+
+        def row(entry: PoolEntry) -> dict[str, Any]:
+            current, history = copies[id(entry)]
+            return {"endpoint": entry.url, "priority": entry.priority,
+                    **({} if entry.is_default_pool else {"weight": entry.weight}),
+                    "metrics": metrics_json(current, history)}
+
+        return {"endpointMetrics": [row(e) for e in snapshot.lb],
+                "deploymentMetrics": {name: [row(e) for e in entries]
+                                      for name, entries in snapshot.pools.items()},
+                "successApiCalls": served,
+                "failedApiCalls": unserved,
+                "totalApiCalls": served + unserved}
 
     def availability(self) -> list[dict[str, Any]]:
-        """Each endpoint's cooldown state, for readiness and operators."""
+        """Each entry's backend state, for readiness, Prometheus and operators."""
         now = time.monotonic()
+        entries = self.current.entries()
         with self._lock:
-            return [{"priority": b.priority, "endpoint": b.uri,
-                     **({"deployment": b.pool} if b.pool else {}),
-                     "available": b.cooldown_until <= now,
-                     "cooldownSeconds": round(b.remaining(now), 3),
-                     "reason": b.cooldown_reason if b.cooldown_until > now else "",
-                     "inFlight": b.in_flight} for b in self._all()]
+            return [{"pool": e.pool, "priority": e.priority, "endpoint": e.url,
+                     "backend": e.backend.name,
+                     **({} if e.is_default_pool else {"deployment": e.pool}),
+                     "available": e.backend.cooldown_until <= now,
+                     "cooldownSeconds": round(e.backend.remaining(now), 3),
+                     "reason": (e.backend.cooldown_reason
+                                if e.backend.cooldown_until > now else ""),
+                     "inFlight": e.backend.in_flight} for e in entries]
 
     def close(self) -> None:
         """Close every Session (at shutdown)."""
-        with self._lock:
-            backends = self._all()
-        for backend in backends:
+        for backend in self.current.backends():
             backend.transport.close()
+

@@ -14,8 +14,6 @@ import threading
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
-from functools import lru_cache
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -26,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .registry import Backend, Registry
+from .registry import PoolEntry, Registry, endpoint_label
 from .sse import Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,15 +34,13 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 
 _BOUNDS = (*(str(float(b)) for b in LATENCY_BUCKETS), "+Inf")
 
 
-@lru_cache(maxsize=1024)
-def endpoint_label(uri: str) -> str:
-    """The uri without its query string: stable and short enough for a label."""
-    parts = urlsplit(uri)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 def status_class(status: int) -> str:
     return "429" if status == 429 else f"{status // 100}xx"
+
+
+# Every per-backend series is labelled by the pool ("/lb" for the original's endpoints list)
+# and the endpoint's URL without its query string: one series per (pool, backend).
+ENTRY_LABELS = ["pool", "endpoint"]
 
 
 class _Histogram:
@@ -77,15 +73,15 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         available = GaugeMetricFamily(
             "apirouter_endpoint_available", "1 when the endpoint is not cooling down",
-            labels=["endpoint", "priority"])
+            labels=[*ENTRY_LABELS, "priority"])
         in_flight = GaugeMetricFamily(
-            "apirouter_endpoint_in_flight", "Calls the endpoint is answering now",
-            labels=["endpoint", "priority"])
+            "apirouter_endpoint_in_flight", "Calls the endpoint's deployment is answering now",
+            labels=[*ENTRY_LABELS, "priority"])
         cooldown = GaugeMetricFamily(
             "apirouter_endpoint_cooldown_seconds", "Seconds left in the endpoint's cooldown",
-            labels=["endpoint", "priority"])
+            labels=[*ENTRY_LABELS, "priority"])
         for state in self.registry.availability():
-            labels = [endpoint_label(state["endpoint"]), str(state["priority"])]
+            labels = [state["pool"], endpoint_label(state["endpoint"]), str(state["priority"])]
             available.add_metric(labels, 1.0 if state["available"] else 0.0)
             in_flight.add_metric(labels, state["inFlight"])
             cooldown.add_metric(labels, state["cooldownSeconds"])
@@ -97,63 +93,65 @@ class Telemetry:
 
     def __init__(self, registry: Registry) -> None:
         self._lock = threading.Lock()
-        self._calls: defaultdict[tuple[str, str], int] = defaultdict(int)  # endpoint, class
-        self._tokens: defaultdict[tuple[str, str], int] = defaultdict(int)  # endpoint, kind
-        self._cooldowns: defaultdict[tuple[str, str], int] = defaultdict(int)  # endpoint, why
-        self._latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
-        self._ttft: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        # keyed by (pool, endpoint, ...): the entry's labels, then the class, kind or reason
+        self._calls: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._tokens: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._cooldowns: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._latency: defaultdict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
+        self._ttft: defaultdict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
         self._registry = registry  # it counts the client calls (served or not) already
         self.prometheus = CollectorRegistry()
         self.prometheus.register(_CallCollector(self))
         self.prometheus.register(_StateCollector(registry))
 
-    def answered(self, backend: Backend, status: int, seconds: float,
+    def answered(self, entry: PoolEntry, status: int, seconds: float,
                  usage: Usage | None, ttft: float | None = None) -> None:
         """An endpoint's answer was relayed (whole, or a stream that ended)."""
-        label = endpoint_label(backend.uri)
+        pool, label = entry.pool, entry.label
         with self._lock:
-            self._calls[label, status_class(status)] += 1
-            self._latency[label].observe(seconds)
+            self._calls[pool, label, status_class(status)] += 1
+            self._latency[pool, label].observe(seconds)
             if ttft is not None:
-                self._ttft[label].observe(ttft)
+                self._ttft[pool, label].observe(ttft)
             if usage is not None:
-                self._tokens[label, "prompt"] += usage.prompt
-                self._tokens[label, "completion"] += usage.completion
+                self._tokens[pool, label, "prompt"] += usage.prompt
+                self._tokens[pool, label, "completion"] += usage.completion
 
-    def refused(self, backend: Backend, status_or_error: str, reason: str) -> None:
-        """An endpoint throttled (reason "throttled") or failed ("failed"): it cools down."""
-        label = endpoint_label(backend.uri)
+    def refused(self, entry: PoolEntry, kind: str, reason: str) -> None:
+        """An endpoint throttled (reason "throttled") or failed ("failed"): it cools down.
+        ``kind`` is the answer's class (429, 5xx) or error (an exception's name, stream_broken)."""
+        pool, label = entry.pool, entry.label
         with self._lock:
-            self._calls[label, status_or_error] += 1
-            self._cooldowns[label, reason] += 1
+            self._calls[pool, label, kind] += 1
+            self._cooldowns[pool, label, reason] += 1
 
     def families(self) -> list[Metric]:
         """The call metrics as Prometheus families, copied under the lock."""
         calls = CounterMetricFamily("apirouter_backend_calls",
                                     "Calls sent to an endpoint, by answer",
-                                    labels=["endpoint", "status_class"])
+                                    labels=[*ENTRY_LABELS, "status_class"])
         tokens = CounterMetricFamily("apirouter_tokens",
                                      "Tokens reported by an endpoint's usage",
-                                     labels=["endpoint", "kind"])
+                                     labels=[*ENTRY_LABELS, "kind"])
         cooldowns = CounterMetricFamily("apirouter_cooldowns", "Cooldowns an endpoint entered",
-                                        labels=["endpoint", "reason"])
+                                        labels=[*ENTRY_LABELS, "reason"])
         clients = CounterMetricFamily("apirouter_client_calls",
                                       "Client calls: served by an endpoint or by none",
                                       labels=["outcome"])
         latency = HistogramMetricFamily("apirouter_backend_latency_seconds",
                                         "Time from sending a call to its last byte",
-                                        labels=["endpoint"])
+                                        labels=ENTRY_LABELS)
         ttft = HistogramMetricFamily("apirouter_time_to_first_token_seconds",
                                      "Time from sending a streamed call to its first event",
-                                     labels=["endpoint"])
+                                     labels=ENTRY_LABELS)
         with self._lock:
             for family, counts in ((calls, self._calls), (tokens, self._tokens),
                                    (cooldowns, self._cooldowns)):
                 for labels, value in counts.items():
                     family.add_metric(list(labels), value)
             for family, histograms in ((latency, self._latency), (ttft, self._ttft)):
-                for label, histogram in histograms.items():
-                    family.add_metric([label], histogram.buckets(), histogram.total)
+                for labels, histogram in histograms.items():
+                    family.add_metric(list(labels), histogram.buckets(), histogram.total)
         served, unserved = self._registry.client_calls()
         clients.add_metric(["served"], served)
         clients.add_metric(["unserved"], unserved)

@@ -1,10 +1,10 @@
 """A backend's HTTP client: its requests Session, and a lean way to post through it.
 
-The Session owns the pooled keep-alive connections (one pool per backend origin, sized to the
-thread count). Calls go straight to the Session's urllib3 pool: requests' per-call work
-(merging settings, a PreparedRequest, hooks, cookies, protocol checks) was half of the
-gateway's CPU per call, and none of it is needed to forward a body we already hold. No retries
-and no redirects: failing over is the proxy's job.
+The Session owns the keep-alive connections (one urllib3 connection pool per backend origin,
+holding up to one connection per worker thread). Calls go straight to the Session's urllib3
+pool: requests' per-call work (merging settings, a PreparedRequest, hooks, cookies, protocol
+checks) was half of the gateway's CPU per call, and none of it is needed to forward a body we
+already hold. No retries and no redirects: failing over is the proxy's job.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 
 T = TypeVar("T")
 
-# URLs and targets longer than this (a client's long query string on an SDK path) are worked
-# out on every call, so that the caches below stay small whatever clients send.
+# Targets longer than this (a client's long query string on an SDK path) are encoded on every
+# call, so that the cache below stays small whatever clients send.
 CACHED_CHARS = 512
 
 
@@ -62,27 +62,17 @@ def _split_url(url: str) -> tuple[str, str, str]:
     return parts.scheme, parts.netloc, target
 
 
-# the /lb URLs repeat on every call
-_split = _remembered_when_short(_split_url, 512)
-
-
-@lru_cache(maxsize=64)
-def _timeout(connect: float, read: float) -> urllib3.Timeout:
-    """urllib3 clones the Timeout it is given, so one per value pair can be shared."""
-    return urllib3.Timeout(connect=connect, read=read)
-
-
-def make_session(pool_size: int) -> requests.Session:
-    """A Session whose pool can keep one connection per worker thread alive."""
+def make_session(max_connections: int) -> requests.Session:
+    """A Session that can keep one connection per worker thread alive."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_connections, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.trust_env = False  # no proxy or netrc surprises from the environment
     return session
 
 
-class Reply:
+class BackendReply:
     """A backend's answer: status, headers, the raw stream, and close()."""
 
     __slots__ = ("headers", "raw", "status_code")
@@ -101,29 +91,40 @@ class Reply:
 class Transport:
     """The Session of one backend, and its connection pools by origin."""
 
-    def __init__(self, pool_size: int) -> None:
+    def __init__(self, max_connections: int) -> None:
         cache_target_encoding()
-        self.session = make_session(pool_size)
-        self._pools: dict[tuple[str, str], urllib3.HTTPConnectionPool] = {}
+        self.session = make_session(max_connections)
+        # _lock guards _connections (written once per origin) and _closed
+        self._connections: dict[tuple[str, str], urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
+        self._closed = False
 
-    def _pool(self, url: str, scheme: str, netloc: str) -> urllib3.HTTPConnectionPool:
-        pool = self._pools.get((scheme, netloc))
-        if pool is None:
+    def _connection_pool(self, url: str, scheme: str,
+                         netloc: str) -> urllib3.HTTPConnectionPool:
+        found = self._connections.get((scheme, netloc))
+        if found is None:
             with self._lock:
-                pool = self.session.get_adapter(url).poolmanager.connection_from_url(url)
-                self._pools[(scheme, netloc)] = pool
-        return pool
+                if self._closed:  # a call that started before close() is not re-pooled
+                    raise urllib3.exceptions.ClosedPoolError(None, "the backend was removed")
+                found = self.session.get_adapter(url).poolmanager.connection_from_url(url)
+                self._connections[(scheme, netloc)] = found
+        return found
 
     def post(self, url: str, body: bytes, headers: dict[str, str],
-             timeout: tuple[float, float]) -> Reply:
+             timeout: urllib3.Timeout) -> BackendReply:
         """POST ``body``; the answer's body is left unread for the caller to stream."""
-        scheme, netloc, target = _split(url)
-        raw = self._pool(url, scheme, netloc).urlopen(
+        scheme, netloc, target = _split_url(url)
+        raw = self._connection_pool(url, scheme, netloc).urlopen(
             "POST", target, body=body, headers=headers, retries=NO_RETRIES, redirect=False,
             assert_same_host=False, preload_content=False, decode_content=False,
-            timeout=_timeout(*timeout))
-        return Reply(raw)
+            timeout=timeout)
+        return BackendReply(raw)
 
     def close(self) -> None:
+        """Close every pooled connection: the pools this object holds, and the Session's."""
+        with self._lock:
+            self._closed = True
+            pools, self._connections = list(self._connections.values()), {}
+        for pool in pools:
+            pool.close()
         self.session.close()

@@ -13,7 +13,7 @@ from flask import Response, jsonify, request
 
 from ..errors import json_error
 from ..routing.proxy import Call
-from ..routing.registry import Backend
+from ..routing.registry import PoolEntry, Registry
 from .blueprint import bp
 from .routes import client_gone, gateway, read_call, relay
 
@@ -25,16 +25,16 @@ def _unknown(name: str) -> Response:
                       f"The deployment {name!r} is not configured on this gateway.")
 
 
-def _forward(call: Call, backends: list[Backend], tail: str) -> Response:
-    """Send ``call`` to the pool's ``backends``, each at its deployment URL + ``tail``."""
-    return relay(gateway().proxy.forward(call, client_gone(), backends,
-                                         lambda backend: backend.uri + tail))
+def _forward(call: Call, entries: tuple[PoolEntry, ...], tail: str) -> Response:
+    """Send ``call`` to a pool's ``entries``, each at its deployment URL + ``tail``."""
+    return relay(gateway().proxy.forward(call, Registry.pool_order(entries),
+                                         lambda entry: entry.url + tail, client_gone()))
 
 
 @bp.post("/openai/deployments/<name>/<path:operation>")
 def azure_deployment(name: str, operation: str) -> Response:
-    backends = gateway().registry.pool_order(name)
-    if backends is None:
+    entries = gateway().current.pools.get(name)
+    if entries is None:
         return _unknown(name)
     if any(part in ("", ".", "..") for part in operation.split("/")):
         # the client picks the operation, never another deployment or path of the backend
@@ -44,7 +44,7 @@ def azure_deployment(name: str, operation: str) -> Response:
     if isinstance(call, Response):
         return call
     query = request.query_string.decode("latin-1")
-    return _forward(call, backends, f"/{quote(operation)}" + (f"?{query}" if query else ""))
+    return _forward(call, entries, f"/{quote(operation)}" + (f"?{query}" if query else ""))
 
 
 @bp.post("/v1/<path:operation>")
@@ -58,12 +58,11 @@ def openai_v1(operation: str) -> Response:
     name = call.payload.get("model")
     if not isinstance(name, str):
         return json_error(400, "InvalidRequest", "The body must name a deployment as model.")
-    gw = gateway()
-    pool = gw.config.pools.get(name)  # read before the registry: a reload may remove it
-    backends = gw.registry.pool_order(name)
-    if pool is None or backends is None:
+    current = gateway().current  # one snapshot: the pool and its entries agree
+    pool, entries = current.config.pools.get(name), current.pools.get(name)
+    if pool is None or entries is None:
         return _unknown(name)
-    return _forward(call, backends, f"/{operation}?api-version={pool.api_version}")
+    return _forward(call, entries, f"/{operation}?api-version={pool.api_version}")
 
 
 @bp.get("/v1/models")
@@ -73,4 +72,4 @@ def openai_models() -> Response:
     return jsonify({"object": "list",
                     "data": [{"id": name, "object": "model", "created": created,
                               "owned_by": "apirouter"}
-                             for name in sorted(gateway().registry.pools())]})
+                             for name in sorted(gateway().current.pools)]})

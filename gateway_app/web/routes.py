@@ -15,7 +15,7 @@ from ..errors import json_error
 from ..gateway import Gateway
 from ..keys import same_secret
 from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
-from ..routing.proxy import Answer, Call
+from ..routing.proxy import Call, ClientAnswer
 from ..routing.retry_after import whole_seconds
 from ..routing.telemetry import CONTENT_TYPE
 from .auth import is_open, open_route, presented_key
@@ -74,7 +74,7 @@ def read_call(json_only: bool = True) -> Call | Response:
                 client=g.get("client"))
 
 
-def relay(answer: Answer) -> Response:
+def relay(answer: ClientAnswer) -> Response:
     return Response(answer.body, status=answer.status, headers=answer.headers,
                     direct_passthrough=True)
 
@@ -86,10 +86,22 @@ def client_gone() -> Callable[[], bool]:
 
 @api.post("/lb")
 def load_balance() -> Response:
+    entries = gateway().current.lb
+    if not entries:
+        return _no_endpoints()
     call = read_call()
     if isinstance(call, Response):
         return call
-    return relay(gateway().proxy.forward(call, client_gone=client_gone()))
+    return relay(gateway().proxy.forward(call, entries, client_gone=client_gone()))
+
+
+def _no_endpoints() -> Response:
+    """/lb with a configuration that lists deployment pools only: say where to go instead."""
+    pools = ", ".join(sorted(gateway().current.pools))
+    return json_error(404, "NoEndpointsConfigured",
+                      "/lb has no endpoints: the configuration lists none under \"endpoints\". "
+                      f"Its deployment pools ({pools}) are served at "
+                      "/openai/deployments/{pool}/... and /v1/... (model = pool).")
 
 
 @api.get("/instanceinfo")
