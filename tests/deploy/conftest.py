@@ -1,8 +1,9 @@
-"""Shared fixtures of the deployment checks: the pinned tools, installed on demand.
+"""Shared fixtures of the deployment checks: the pinned tools, found where they are installed.
 
-The tools come from scripts/install-ci-tools.sh and live in $APIROUTER_CI_DIR (default
-/var/cache/apirouter-ci). When they cannot be installed, the tests that need them are
-skipped with the reason, unless API_GATEWAY_REQUIRE_TOOLS=1 (as in CI): then they fail.
+scripts/install-ci-tools.sh installs the tools into $APIROUTER_CI_DIR (default
+/var/cache/apirouter-ci); the tests only look for them there. When one is missing, the tests
+that need it are skipped with the command that installs it, unless API_GATEWAY_REQUIRE_TOOLS=1
+(as in CI): then they fail.
 """
 
 from __future__ import annotations
@@ -15,45 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import CI_DIR, missing_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CI_DIR = Path(os.environ.get("APIROUTER_CI_DIR", "/var/cache/apirouter-ci"))
-INSTALLER = REPO_ROOT / "scripts" / "install-ci-tools.sh"
-# A cold install fetches helm, a virtualenv and builds a base image: about a minute here.
-INSTALL_TIMEOUT_S = 600
+
+# what a missing tool's skip reason tells the user to run
+INSTALL_CHART = "bash scripts/install-ci-tools.sh --chart"
+INSTALL_CONTAINER = "bash scripts/install-ci-tools.sh --container (as root)"
+# the Dockerfile's FROM, as podman names it; builds use --pull=never, so it must be there
+BASE_IMAGE = "docker.io/library/python:3.11-slim"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chart: checks of the Helm chart and static files")
     config.addinivalue_line("markers", "container: builds and runs the container image")
-
-
-def tools_required() -> bool:
-    return os.environ.get("API_GATEWAY_REQUIRE_TOOLS", "") == "1"
-
-
-def missing_tool(reason: str) -> None:
-    """Skip, or fail when the environment requires every tool."""
-    if tools_required():
-        pytest.fail(f"{reason} (API_GATEWAY_REQUIRE_TOOLS=1)", pytrace=False)
-    pytest.skip(reason)
-
-
-def run_installer(option: str) -> str | None:
-    """Run the installer; None when it worked, else the end of what it said."""
-    try:
-        done = subprocess.run(
-            ["bash", str(INSTALLER), option],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{INSTALLER.name} {option} did not finish: {exc}"
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        return f"{INSTALLER.name} {option} failed ({done.returncode}): {tail}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -74,6 +50,7 @@ class ContainerTools:
 
 @pytest.fixture(scope="session")
 def chart_tools() -> ChartTools:
+    """The chart tools, linked into $APIROUTER_CI_DIR/bin by the installer."""
     bin_dir = CI_DIR / "bin"
     tools = ChartTools(
         helm=bin_dir / "helm",
@@ -83,20 +60,30 @@ def chart_tools() -> ChartTools:
         shellcheck=bin_dir / "shellcheck",
         python=bin_dir / "python",
     )
-    # The installer is quick when everything is there and checks the pins, so always run it.
-    problem = run_installer("--chart")
     absent = [p.name for p in vars(tools).values() if not os.access(p, os.X_OK)]
     if absent:
-        missing_tool(f"chart tools missing ({', '.join(absent)}): {problem or 'not installed'}")
+        missing_tool(f"chart tools not installed in {bin_dir} ({', '.join(absent)})",
+                     INSTALL_CHART)
     return tools
 
 
 @pytest.fixture(scope="session")
 def container_tools() -> ContainerTools:
-    problem = run_installer("--container")
+    """podman with the installer's containers.conf, and the base image in its storage."""
     conf = CI_DIR / "containers.conf"
     podman = shutil.which("podman")
-    if problem or podman is None or not conf.is_file():
-        missing_tool(f"podman and the base image are not available: {problem or 'not installed'}")
+    if podman is None:
+        missing_tool("podman is not on PATH", INSTALL_CONTAINER)
+    if not conf.is_file():
+        missing_tool(f"{conf} is missing", INSTALL_CONTAINER)
+    assert podman is not None
     env = dict(os.environ, CONTAINERS_CONF=str(conf))
+    try:
+        found = subprocess.run([podman, "image", "exists", BASE_IMAGE], env=env,
+                               capture_output=True, timeout=60, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        found = False
+    if not found:
+        missing_tool(f"the base image {BASE_IMAGE} is not in podman's storage",
+                     INSTALL_CONTAINER)
     return ContainerTools(podman=podman, env=env)
