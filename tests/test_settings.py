@@ -137,6 +137,7 @@ def test_invalid_configuration_stops_start_up(env, tmp_path):
 def test_help_lists_every_variable():
     result = run_wsgi({}, "--help")
     assert result.returncode == 0
+    assert "--env-file FILE" in result.stdout and ".env.sample" in result.stdout
     for name, _field, _default in Settings.variables():
         assert name in result.stdout
 
