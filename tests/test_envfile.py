@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import MISSING, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -102,6 +109,85 @@ def test_the_environment_wins_over_files_and_a_later_file_over_an_earlier_one(tm
     added = load_env_files([first, second], environ)
     assert environ == {"A": "first", "B": "second", "C": "env", "D": "env-d"}
     assert added == ["A", "B"]
+
+
+# --- the docker CLI itself, when it is installed --------------------------------------------
+
+class FakeDockerDaemon(BaseHTTPRequestHandler):
+    """Just enough of the Engine API for ``docker create``: records the Env it is sent."""
+
+    created: list[list[str]]
+
+    def _answer(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Api-Version", "1.43")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self._answer(200)
+
+    def do_GET(self) -> None:  # /_ping
+        self._answer(200, b"OK")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if "/containers/create" not in self.path:
+            self._answer(404, b'{"message": "not faked"}')
+            return
+        self.created.append(json.loads(body).get("Env") or [])
+        self._answer(201, b'{"Id": "0123456789ab", "Warnings": []}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def docker_create(tmp_path: Path) -> Iterator:
+    """Runs ``docker create --env-file FILE`` against a fake daemon on 127.0.0.1 and returns
+    the environment the docker CLI built from FILE (it parses the file itself)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI to compare with")
+    created: list[list[str]] = []
+    handler = type("Daemon", (FakeDockerDaemon,), {"created": created})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def create(path: Path, **environ: str) -> dict[str, str] | None:
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+               "DOCKER_CONFIG": str(tmp_path / "docker"),
+               "DOCKER_HOST": f"tcp://127.0.0.1:{server.server_address[1]}", **environ}
+        done = subprocess.run([docker, "create", "--env-file", str(path), "busybox"], env=env,
+                              capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            return None
+        return dict(entry.split("=", 1) for entry in created.pop())
+
+    yield create
+    server.shutdown()
+    server.server_close()
+
+
+DOCKER_CASES = [
+    b'A=1\n  B="q" \nC=$HOME\nD=x # y\n\tE\nF\nG=a=b\r\n# c\n \t\n\xc2\xa0H=nbsp\nA=2',
+    b"\xef\xbb\xbfA=bom\nB=\n\xef\xbb\xbfC=bom-not-first\n",
+    b"A B=1\n", b"=x\n", b"A =1\n", b"A \n", b"\x1f A=1\n", b"A=caf\xe9\n",
+]
+
+
+@pytest.mark.parametrize("content", DOCKER_CASES)
+def test_the_same_variables_as_the_docker_cli(docker_create, tmp_path, content):
+    path = tmp_path / "case.env"
+    path.write_bytes(content)
+    environ = {"E": "from-env"}
+    try:
+        ours: dict[str, str] | None = read_env_file(path, environ)
+    except EnvFileError:
+        ours = None  # docker refuses the file too
+    assert docker_create(path, **environ) == ours
 
 
 # --- .env.sample --------------------------------------------------------------------------
