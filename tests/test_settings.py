@@ -68,6 +68,7 @@ def test_every_problem_is_listed_at_once(env):
         "API_GATEWAY_PORT must be a whole number, got 'http'",
     )
     assert str(caught.value) == "; ".join(caught.value.problems)
+    assert SettingsError("one problem").problems == ("one problem",)
 
 
 def test_unknown_gateway_variables_are_reported(env):
