@@ -1,12 +1,14 @@
 """Entry point. ``waitress-serve wsgi:app`` imports ``app``; ``python wsgi.py`` serves it.
 
 ``python wsgi.py`` is the recommended way: it applies the thread count, connection limit and
-body limit from the environment and drains calls in flight on SIGTERM.
+body limit from the environment, drains calls in flight on SIGTERM, and can read the variables
+from an env file (``--env-file``, docker's format).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import MISSING
 
@@ -14,7 +16,14 @@ from flask import Flask
 
 from gateway_app import create_app
 from gateway_app.config import ConfigError
+from gateway_app.envfile import EnvFileError, load_env_files
 from gateway_app.settings import Settings, SettingsError
+
+
+def cannot_start(problem: object) -> SystemExit:
+    """Print the one start-up error line; raise what this returns to exit with status 1."""
+    print(f"apirouter: cannot start: {problem}", file=sys.stderr)
+    return SystemExit(1)
 
 
 def build_app() -> Flask:
@@ -22,8 +31,7 @@ def build_app() -> Flask:
     try:
         return create_app()
     except (SettingsError, ConfigError) as exc:
-        print(f"apirouter: cannot start: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise cannot_start(exc) from None
 
 
 def _help_epilog() -> str:
@@ -34,7 +42,8 @@ def _help_epilog() -> str:
         else:
             shown = f"default {default}" if default not in ("", ()) else "optional, no default"
         lines.append(f"  {name:43} {shown}")
-    lines.append("See README.md for what each one means.")
+    lines.append("See README.md for what each one means, and .env.sample for an env file that "
+                 "lists them all.")
     return "\n".join(lines)
 
 
@@ -42,9 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python wsgi.py",
         description="Serve the Azure OpenAI API gateway with waitress. All settings come from "
-                    "the environment; SIGTERM drains calls in flight, then exits 0.",
+                    "the environment, or from env files; SIGTERM drains calls in flight, then "
+                    "exits 0.",
         epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--env-file", metavar="FILE", action="append", default=[],
+        help="read variables from FILE, in the format of docker run --env-file: VAR=VALUE "
+             "lines, taken as they are (no quotes removed, nothing expanded), # comments, and "
+             "a bare VAR to take it from the environment. Variables already in the "
+             "environment win over the file. Repeatable: a later file wins over an earlier one.")
+    args = parser.parse_args(argv)
+    try:
+        load_env_files(args.env_file, os.environ)
+    except EnvFileError as exc:
+        raise cannot_start(exc) from None
     app = build_app()
     from gateway_app.server import serve
 

@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env(os.environ)
     configure_logging(settings.logging_level, settings.log_format)
     for name in settings.unknown_names:
-        log.warning("environment variable %s names no setting and is ignored", name)
+        log.warning("%s", settings.unknown_name_warning(name))
     gw = Gateway(settings)
     app = Flask(__name__, static_folder=None)  # no /static/<path> route: the API has none
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -7,15 +7,24 @@ Node.js gateway; new ones are optional and prefixed ``API_GATEWAY_``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 
 class SettingsError(ValueError):
-    """A required variable is missing or a value is malformed; the message names the variable."""
+    """Required variables are missing or values are malformed.
+
+    ``problems`` holds one text per bad variable, each naming it; the message joins them with
+    "; " so start-up still reports them on one line.
+    """
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        super().__init__("; ".join(self.problems))
 
 
 LOG_LEVELS = {
@@ -173,7 +182,8 @@ class Settings:
     pod_namespace: str = var("POD_NAMESPACE", _optional, "")
     pod_svc_account: str = var("POD_SVC_ACCOUNT", _optional, "")
 
-    # API_GATEWAY_* variables that name no setting (typos), reported as a warning at start-up
+    # API_GATEWAY_* variables (in any case) that name no setting, typos most likely; reported
+    # at start-up with unknown_name_warning()
     unknown_names: tuple[str, ...] = ()
 
     @property
@@ -196,24 +206,51 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
-        """Read and check every variable; raise SettingsError naming the first bad one."""
+        """Read and check every variable; raise one SettingsError naming every bad one."""
         values: dict[str, Any] = {}
-        known = set()
+        problems: list[str] = []
+        known = {name for name, _field, _default in cls.variables()}
+        # Case-blind: api_gateway_threads is a typo too, however much the shell accepts it.
+        unknown = sorted(k for k in environ
+                         if k.upper().startswith("API_GATEWAY_") and k not in known)
         for f in fields(cls):
             if "env" not in f.metadata:
                 continue
             name = f.metadata["env"]
-            known.add(name)
             raw = environ.get(name)
             if raw is None or (raw.strip() == "" and f.default is MISSING):
                 if f.default is MISSING:
-                    raise SettingsError(f"{name} is required but not set")
+                    problems.append(f"{name} is required but not set" + _typo_hint(name, unknown))
                 continue
             try:
                 values[f.name] = f.metadata["convert"](raw)
             except ValueError as exc:
-                raise SettingsError(f"{name} {exc}") from None
-        unknown = sorted(k for k in environ if k.startswith("API_GATEWAY_") and k not in known)
+                problems.append(f"{name} {exc}")
+        if problems:
+            raise SettingsError(problems)
         values["unknown_names"] = tuple(unknown)
         values.update(overrides)
         return cls(**values)
+
+    @staticmethod
+    def unknown_name_warning(name: str) -> str:
+        """The start-up warning for ``name``, one of unknown_names, with the nearest setting."""
+        text = f"environment variable {name} names no setting and is ignored"
+        nearest = nearest_variable(name)
+        return f"{text}; did you mean {nearest}?" if nearest else text
+
+
+def nearest_variable(name: str) -> str | None:
+    """The API_GATEWAY_* setting ``name`` most likely misspells, or None when none is close."""
+    candidates = [v for v, _field, _default in Settings.variables() if v.startswith("API_GATEWAY_")]
+    # Compare what follows the common prefix: with it, every candidate looks 60 % alike.
+    tails = {v.removeprefix("API_GATEWAY_"): v for v in candidates}
+    close = difflib.get_close_matches(name.upper().removeprefix("API_GATEWAY_"), list(tails),
+                                      n=1, cutoff=0.75)
+    return tails[close[0]] if close else None
+
+
+def _typo_hint(required: str, unknown: list[str]) -> str:
+    """For a missing variable: the unknown names set in its place, most likely misspellings."""
+    typos = [name for name in unknown if nearest_variable(name) == required]
+    return f" ({', '.join(typos)} is set: misspelt?)" if typos else ""

@@ -148,3 +148,53 @@ def test_graceful_stop_writes_the_open_interval_to_the_history_file(tmp_path, fa
     entry = json.loads(line)
     assert entry["endpoint"] == backend.uri()
     assert entry["collectedMetrics"]["noOfApiCalls"] == 1
+
+
+def test_env_file_fills_what_the_environment_does_not_set(tmp_path, fake):
+    backend = fake()
+    port = free_port()
+    env = base_env(write_config(tmp_path / "c.json", [backend]))
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("\n".join([
+        "# settings of the test gateway",
+        f"API_GATEWAY_CONFIG_FILE={env.pop('API_GATEWAY_CONFIG_FILE')}",
+        "API_GATEWAY_KEY",                      # taken from the environment
+        "API_GATEWAY_NAME=from-file",           # the environment's value wins
+        f"API_GATEWAY_ENV={env.pop('API_GATEWAY_ENV')}",
+        "  API_GATEWAY_METRICS_CHISTORY=7",
+        'IMAGE_ID="quoted"',                    # quotes are part of the value
+        "API_GATEWAY_TREADS=8",                 # a typo: warned about, with the nearest name
+        "API_GATEWAY_PORT=1",                   # the environment's free port wins
+        "",
+    ]))
+    del env["API_GATEWAY_METRICS_CHISTORY"]
+    env.update(API_GATEWAY_NAME="from-env", API_GATEWAY_PORT=str(port),
+               API_GATEWAY_HOST="127.0.0.1")
+    proc = start([sys.executable, "wsgi.py", "--env-file", str(env_file)], env)
+    try:
+        prefix = f"http://127.0.0.1:{port}/api/v1/test/apirouter"
+        wait_serving(f"{prefix}/healthz", proc)
+        info = requests.get(f"{prefix}/instanceinfo", timeout=10).json()
+        assert info["serverName"] == "from-env"
+        assert info["envVars"]["apiGatewayCollectHistoryCount"] == 7
+        assert info["containerInfo"]["imageID"] == '"quoted"'
+        key = env["API_GATEWAY_KEY"]
+        assert requests.get(f"{prefix}/reconfig/{key}", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    output = proc.stdout.read()
+    assert ("environment variable API_GATEWAY_TREADS names no setting and is ignored; "
+            "did you mean API_GATEWAY_THREADS?") in output
+    assert key not in output
+
+
+def test_a_missing_env_file_is_one_line_and_exit_1(tmp_path):
+    env = base_env(tmp_path / "c.json")
+    done = subprocess.run([sys.executable, "wsgi.py", "--env-file", str(tmp_path / "none.env")],
+                          cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"apirouter: cannot start: cannot read env file {tmp_path / 'none.env'}: "
+        "No such file or directory"]

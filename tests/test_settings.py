@@ -55,9 +55,52 @@ def test_malformed_values_are_named(env, name, value):
         Settings.from_env({**env, name: value})
 
 
+def test_every_problem_is_listed_at_once(env):
+    del env["API_GATEWAY_NAME"], env["API_GATEWAY_KEY"]
+    env.update(API_GATEWAY_METRICS_CHISTORY="0", API_GATEWAY_PORT="http")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    # declaration order, one text per variable, joined on one line
+    assert caught.value.problems == (
+        "API_GATEWAY_KEY is required but not set",
+        "API_GATEWAY_NAME is required but not set",
+        "API_GATEWAY_METRICS_CHISTORY must be between 1 and 600, got '0'",
+        "API_GATEWAY_PORT must be a whole number, got 'http'",
+    )
+    assert str(caught.value) == "; ".join(caught.value.problems)
+    assert SettingsError("one problem").problems == ("one problem",)
+
+
 def test_unknown_gateway_variables_are_reported(env):
     s = Settings.from_env({**env, "API_GATEWAY_TREADS": "8"})
     assert s.unknown_names == ("API_GATEWAY_TREADS",)
+
+
+@pytest.mark.parametrize("name, nearest", [
+    ("API_GATEWAY_TREADS", "API_GATEWAY_THREADS"),
+    ("API_GATEWAY_LOGLEVEL", "API_GATEWAY_LOG_LEVEL"),
+    ("API_GATEWAY_CLIENT_KEY", "API_GATEWAY_CLIENT_KEYS"),
+    ("api_gateway_read_timeout", "API_GATEWAY_READ_TIMEOUT"),
+])
+def test_a_misspelt_name_suggests_the_nearest_setting(env, name, nearest):
+    s = Settings.from_env({**env, name: "8"})
+    assert s.unknown_names == (name,)
+    assert s.unknown_name_warning(name) == (
+        f"environment variable {name} names no setting and is ignored; did you mean {nearest}?")
+
+
+def test_a_name_close_to_no_setting_suggests_nothing(env):
+    s = Settings.from_env({**env, "API_GATEWAY_REQUIRE_TOOLS": "1"})
+    assert s.unknown_name_warning("API_GATEWAY_REQUIRE_TOOLS") == (
+        "environment variable API_GATEWAY_REQUIRE_TOOLS names no setting and is ignored")
+
+
+def test_a_missing_variable_names_the_typo_set_in_its_place(env):
+    env["API_GATEWAY_CONFIG_FLE"] = env.pop("API_GATEWAY_CONFIG_FILE")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert caught.value.problems == ("API_GATEWAY_CONFIG_FILE is required but not set "
+                                     "(API_GATEWAY_CONFIG_FLE is set: misspelt?)",)
 
 
 def run_wsgi(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -73,6 +116,16 @@ def test_start_up_error_is_one_line_and_exit_1(env):
         "apirouter: cannot start: API_GATEWAY_NAME is required but not set"]
 
 
+def test_every_start_up_problem_is_on_the_one_line(env):
+    del env["API_GATEWAY_NAME"]
+    result = run_wsgi({**env, "API_GATEWAY_THREADS": "many"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "apirouter: cannot start: API_GATEWAY_NAME is required but not set; "
+        "API_GATEWAY_THREADS must be a whole number, got 'many'"]
+    assert env["API_GATEWAY_KEY"] not in result.stderr
+
+
 def test_invalid_configuration_stops_start_up(env, tmp_path):
     bad = tmp_path / "c.json"
     bad.write_text('{"endpoints": [{"uri": "gopher://x"}]}')
@@ -85,6 +138,7 @@ def test_invalid_configuration_stops_start_up(env, tmp_path):
 def test_help_lists_every_variable():
     result = run_wsgi({}, "--help")
     assert result.returncode == 0
+    assert "--env-file FILE" in result.stdout and ".env.sample" in result.stdout
     for name, _field, _default in Settings.variables():
         assert name in result.stdout
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway_app.envfile import read_env_file
+
 from .conftest import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(30)
@@ -230,3 +232,106 @@ def test_start_with_a_data_dir(
     envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
     assert "API_GATEWAY_METRICS_HISTORY_FILE=/var/lib/apirouter/history.jsonl" in envs
     assert "API_GATEWAY_METRICS_HISTORY_FILE" not in envs
+
+
+def effective_env(call: dict) -> dict[str, str]:
+    """The container's variables as docker and podman build them from ``call``'s arguments:
+    the env files first, in order, then each --env over them; a bare --env NAME comes from the
+    engine's environment."""
+    argv, engine_env = call["argv"], call["env"]
+    env: dict[str, str] = {}
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--env-file":
+            env.update(read_env_file(argv[i + 1], engine_env))
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--env":
+            name, has_value, value = argv[i + 1].partition("=")
+            if has_value:
+                env[name] = value
+            elif name in engine_env:
+                env[name] = engine_env[name]
+    return env
+
+
+def test_start_with_an_env_file_this_shell_wins(
+    fake_engine: tuple[dict[str, str], Path], config: Path, tmp_path: Path
+) -> None:
+    env, log = fake_engine
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("\n".join([
+        "# the gateway of this VM",
+        f"API_GATEWAY_KEY={GATEWAY_KEY}",     # only here: the engine reads it from the file
+        "AOAI_KEY_0=stale-key-in-the-file",   # this shell's wins
+        "CHAT_APP_KEY",                       # taken from this shell
+        "API_GATEWAY_ENV=staging",            # wins over the script's default
+        "  API_GATEWAY_METRICS_CHISTORY=24",
+        "API_GATEWAY_THREADS=32",             # this shell's 64 wins
+        "API_GATEWAY_LOG_LEVEL=debug",        # this shell's is empty: the file's holds
+        "API_GATEWAY_SHUTDOWN_GRACE=40",
+        "API_GATEWAY_PORT=1234",              # the script's own settings win over the file
+        "API_GATEWAY_CONFIG_FILE=/elsewhere.json",
+        "",
+    ]))
+    env.update(AOAI_KEY_0=BACKEND_KEY, CHAT_APP_KEY=CLIENT_KEY, API_GATEWAY_THREADS="64",
+               API_GATEWAY_LOG_LEVEL="")
+    done = run([START, "--engine", "podman", "--config", config, "--name", "gw",
+                "--env-file", env_file], env)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert "http://127.0.0.1:8000/api/v1/staging/apirouter/healthz" in output
+    (call,) = calls(log)
+    argv = call["argv"]
+    joined = " ".join(argv)
+    for secret in (GATEWAY_KEY, BACKEND_KEY, CLIENT_KEY):
+        assert secret not in output and secret not in joined
+    assert argv[argv.index("--env-file") + 1] == str(env_file)
+    envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert "API_GATEWAY_KEY" not in envs  # a bare --env of an unset name would unset it
+    assert not [e for e in envs if e.startswith(("API_GATEWAY_ENV", "API_GATEWAY_METRICS_CH",
+                                                 "API_GATEWAY_LOG_LEVEL"))]
+    assert argv[argv.index("--stop-timeout") + 1] == "50"  # the file's 40 s grace + 10
+    container = effective_env(call)
+    assert {name: container[name] for name in (
+        "API_GATEWAY_KEY", "AOAI_KEY_0", "CHAT_APP_KEY", "API_GATEWAY_NAME", "API_GATEWAY_ENV",
+        "API_GATEWAY_METRICS_CINTERVAL", "API_GATEWAY_METRICS_CHISTORY", "API_GATEWAY_THREADS",
+        "API_GATEWAY_LOG_LEVEL", "API_GATEWAY_PORT", "API_GATEWAY_CONFIG_FILE")} == {
+        "API_GATEWAY_KEY": GATEWAY_KEY,
+        "AOAI_KEY_0": BACKEND_KEY,
+        "CHAT_APP_KEY": CLIENT_KEY,
+        "API_GATEWAY_NAME": "gw",
+        "API_GATEWAY_ENV": "staging",
+        "API_GATEWAY_METRICS_CINTERVAL": "60",
+        "API_GATEWAY_METRICS_CHISTORY": "24",
+        "API_GATEWAY_THREADS": "64",
+        "API_GATEWAY_LOG_LEVEL": "debug",
+        "API_GATEWAY_PORT": "8000",
+        "API_GATEWAY_CONFIG_FILE": "/etc/apirouter/api-router-config.json",
+    }
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read env file"),
+    (f"API_GATEWAY_KEY={GATEWAY_KEY}\n{BACKEND_KEY} pasted alone\n",
+     "line 2: a variable name must not contain spaces or tabs"),
+    (f"={BACKEND_KEY}\n", "line 1: no variable name before '='"),
+    (b"API_GATEWAY_KEY=caf\xe9\n", "is not UTF-8"),
+    (f"API_GATEWAY_KEY={GATEWAY_KEY}\nAOAI_KEY_0=\n",
+     "AOAI_KEY_0 is not set in this environment or the env file"),
+], ids=["missing", "space-in-name", "no-name", "not-utf8", "key-missing"])
+def test_start_refuses_a_bad_env_file_without_showing_values(
+    fake_engine: tuple[dict[str, str], Path], config: Path, tmp_path: Path,
+    content: str | bytes | None, message: str,
+) -> None:
+    env, log = fake_engine
+    env["CHAT_APP_KEY"] = CLIENT_KEY
+    env_file = tmp_path / "gateway.env"
+    if isinstance(content, bytes):
+        env_file.write_bytes(content)
+    elif content is not None:
+        env_file.write_text(content)
+    done = run([START, "--engine", "podman", "--config", config, "--env-file", env_file], env)
+    assert done.returncode == 1
+    assert message in done.stderr
+    for secret in (GATEWAY_KEY, BACKEND_KEY, CLIENT_KEY):
+        assert secret not in done.stdout + done.stderr
+    assert calls(log) == []
