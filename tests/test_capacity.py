@@ -233,7 +233,7 @@ def test_one_row_per_pool_and_backend_labelled_with_the_pool():
     total = rows_by_scope(report)["instance"][0]
     assert (total["calls"], total["tokens"], total["pool"]) == (8, 800, None)
     text = format_table(report)
-    assert "gpt-4o · 0 primary: http://127.0.0.1:8080/openai/deployments/primary (" in text
+    assert "\ngpt-4o · 0 primary  http://127.0.0.1:8080/openai/deployments/primary  " in text
     assert [line.split()[:4] for line in text.splitlines()[3:7]] == [
         ["/lb", "0", "primary", "default"], ["/lb", "1", "secondary", "default"],
         ["gpt-4o", "0", "primary", "default"], ["gpt-4o", "1", "secondary", "default"]]
@@ -258,12 +258,12 @@ def test_legend_says_where_each_model_comes_from():
                             AZURE.format("chat"): [(1, 0, 100, 10.0)]})
     text = format_table(live_report(doc, {"endpointModels": {"chat": "gpt-4.1"}}))
     assert "(model default: default)" not in text and ": default)" not in text
-    assert ("/lb · 0 primary: " + AZURE.format("primary") + " (model unknown (no model in the "
-            "deployment's name): sized with the table's default row, gpt-4o's figures)") in text
-    assert "(model gpt-4o-mini: named in the deployment's name)" in text
-    assert "(model gpt-4.1: set by the configuration's capacity.endpointModels)" in text
+    assert (f"/lb · 0 primary  {AZURE.format('primary')}  model not known (none in the "
+            "deployment's name): the table's default row, gpt-4o's figures\n") in text
+    assert "  model gpt-4o-mini, from the deployment's name\n" in text
+    assert "  model gpt-4.1, from the configuration (capacity.endpointModels)\n" in text
     changed = format_table(live_report(doc, {"models": {"default": {"tpmPerPtu": 999}}}))
-    assert "default row, figures set by the configuration)" in changed
+    assert "default row, figures from the configuration\n" in changed
 
 
 def test_history_lines_keep_the_pool():

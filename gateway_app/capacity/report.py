@@ -455,14 +455,14 @@ def model_note(row: Mapping[str, Any], report: Mapping[str, Any]) -> str:
     """Where an endpoint row's model comes from, in words."""
     model, source = row["model"], row["modelSource"]
     if source == "config":
-        return f"model {model}: set by the configuration's capacity.endpointModels"
+        return f"model {model}, from the configuration (capacity.endpointModels)"
     if source == "deployment":
-        return f"model {model}: named in the deployment's name"
+        return f"model {model}, from the deployment's name"
     table = report["ptuTable"]["models"]
     figures = ("gpt-4o's figures" if table.get(DEFAULT_MODEL) == table.get(DEFAULT_LIKE)
-               else "figures set by the configuration")
-    return (f"model unknown (no model in the deployment's name): sized with the table's "
-            f"{model} row, {figures}")
+               else "figures from the configuration")
+    return (f"model not known (none in the deployment's name): the table's {model} row, "
+            f"{figures}")
 
 
 def format_table(report: Mapping[str, Any]) -> str:
@@ -482,7 +482,7 @@ def format_table(report: Mapping[str, Any]) -> str:
                     + ("measured per row" if report["outputShare"] is None
                        else f"{report['outputShare']:.0%}"))
     lines.append("")
-    lines += [f"{row_label(r)}: {r['name']} ({model_note(r, report)})"
+    lines += [f"{row_label(r)}  {r['name']}  {model_note(r, report)}"
               for r in report["rows"] if r["scope"] == "endpoint"]
     lines.append(f"pool {LB_LABEL}: the endpoints list of POST /lb")
     lines.append(f"PTU table: {report['ptuTable']['source']}")
