@@ -131,8 +131,8 @@ def intervals_from_history(lines: Iterable[str], where: str = "history",
 
 
 def _pool_of(entry: Mapping[str, Any]) -> str | None:
-    """The pool of a history line: ``pool``, else ``deployment`` (the name the sink wrote it
-    under before); neither means /lb's list."""
+    """The pool of a history line: ``pool``, else ``deployment`` (where the registry's closing
+    puts a pool backend's pool today); neither means /lb's list."""
     pool = entry.get("pool", entry.get("deployment"))
     return None if pool in (None, "") else str(pool)
 
