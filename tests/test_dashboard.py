@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway_app.web.capacity import DASHBOARD_DIR
-from tests.fakes import FakeBackend, chat_body, reply, throttle, wait_until
+from tests.fakes import chat_body, reply, throttle, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTALLER = REPO_ROOT / "scripts" / "install-browser.sh"
@@ -183,17 +183,17 @@ def test_dashboard_renders_charts_cooldowns_and_capacity_in_chromium(
     print(f"dashboard screenshot: {shot}")
 
 
-def pool_backend(backend: FakeBackend, deployment: str) -> dict[str, str]:
-    return {"endpoint": backend.base, "deployment": deployment, "apikey": f"key-{deployment}"}
+def pool_backend(endpoint: str, deployment: str) -> dict[str, str]:
+    return {"endpoint": endpoint, "deployment": deployment, "apikey": f"key-{deployment}"}
 
 
 def test_dashboard_charts_every_pool_backend_in_chromium(chromium, fake, start_gateway, tmp_path):
     east = fake(default=reply(200, chat_body(tokens=900), delay=0.01))
     west = fake(default=reply(200, chat_body(tokens=300)))
     pools = {"deployments": {
-        "gpt-4o": {"backends": [pool_backend(east, "gpt-4o-east"),
-                                pool_backend(west, "gpt-4o-west")]},
-        "gpt-4o-mini": {"backends": [pool_backend(west, "mini")]}}}
+        "gpt-4o": {"backends": [pool_backend(east.base, "gpt-4o-east"),
+                                pool_backend(west.base, "gpt-4o-west")]},
+        "gpt-4o-mini": {"backends": [pool_backend(west.base, "mini")]}}}
     gw = start_gateway([], env=FAST, sections=pools)  # pools only: /lb has no endpoints
     azure = f"{gw.base}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
     chat = {"messages": [{"role": "user", "content": "hi"}]}
