@@ -40,6 +40,7 @@ HOST = "127.0.0.1"
 SIM_CONFIG = REPO / "simulator" / "deployments.json"
 GATEWAY_CONFIG = "api-router-config.json"
 CONFIG_SIM_PORT = 8080  # the port api-router-config.json points at
+API_VERSION = "2024-10-21"
 DEMO_KEY = "demo-key-not-a-secret"
 INTERVAL_MINUTES = "0.5"
 STARTUP_SECONDS = 30.0
@@ -182,20 +183,73 @@ def traffic_command(base: str) -> str:
     return f"python scripts/traffic.py --url {base}"
 
 
-def curl_lines(base: str) -> str:
+def curl_lines(base: str, root: str, pool: str | None) -> str:
     """The calls to try by hand."""
     chat = '{"messages":[{"role":"user","content":"Hello"}],"max_tokens":20'
     json_type = "-H 'content-type: application/json'"
+    through_pool = ([f"  curl -s '{root}/openai/deployments/{pool}/chat/completions"
+                     f"?api-version={API_VERSION}' {json_type} -d '{chat}}}'"] if pool else [])
     return "\n".join([
         "Try it by hand:",
         f"  curl -si {base}/lb {json_type} -d '{chat}}}'",
         f"  curl -N {base}/lb {json_type} -d '{chat},\"stream\":true}}'",
+        *through_pool,
         f"  curl -s {base}/metrics",
         f"  curl -s {base}/instanceinfo",
         f"  curl -s {base}/healthz",
         f"  curl -s {base}/readyz",
+        f"Reload the configuration with the demo's gateway key, {DEMO_KEY} (its "
+        "API_GATEWAY_KEY, from DEMO_KEY in scripts/demo.py):",
         f"  curl -s {base}/reconfig/{DEMO_KEY}",
+        f"  curl -s -X POST {base}/reconfig -H 'x-api-gateway-key: {DEMO_KEY}'",
     ])
+
+
+def first_pool(config_file: str) -> str | None:
+    """The first deployment pool of the gateway's configuration, if it has one."""
+    path = Path(config_file)
+    config = json.loads((path if path.is_absolute() else REPO / path).read_text())
+    return next(iter(config.get("deployments", {})), None)
+
+
+def sdk_snippet(root: str, pool: str) -> str:
+    """Python for the official ``openai`` package, both clients, through ``pool``."""
+    chat = (f'model="{pool}", max_tokens=20,\n'
+            '    messages=[{"role": "user", "content": "Hello"}])')
+    return "\n".join([
+        "python - <<'EOF'",
+        "from openai import AzureOpenAI, OpenAI",
+        "",
+        "# the demo sets no client keys, so any api_key passes; with client keys, give yours",
+        f'azure = AzureOpenAI(azure_endpoint="{root}", api_key="demo",',
+        f'                    api_version="{API_VERSION}")',
+        f"answer = azure.chat.completions.create({chat}",
+        'print("AzureOpenAI:", answer.choices[0].message.content)',
+        "",
+        f'client = OpenAI(base_url="{root}/v1", api_key="demo")',
+        f"answer = client.chat.completions.create({chat}",
+        'print("OpenAI:", answer.choices[0].message.content)',
+        "EOF",
+    ])
+
+
+def explore_lines(base: str, root: str, pool: str | None) -> str:
+    """Where to look next: the dashboard, the capacity report and the SDKs."""
+    seconds = float(INTERVAL_MINUTES) * 60
+    lines = [
+        "The dashboard (per pool and backend: calls, failures and TPM of each closed "
+        "interval; cooldowns; the capacity table), in a browser:",
+        f"  {base}/dashboard",
+        f"The capacity report (TPM, RPM, a PTU estimate), once an interval has closed "
+        f"(every {seconds:.0f} s):",
+        f"  curl -s {base}/capacity",
+        f"  curl -s {base}/metrics > metrics.json && python -m gateway_app.capacity "
+        "--metrics metrics.json",
+    ]
+    if pool:
+        lines += [f'The OpenAI SDK (pip install openai) through the pool "{pool}" of the '
+                  "configuration (model = the pool's name):", "", sdk_snippet(root, pool)]
+    return "\n".join(lines)
 
 
 def next_steps(base: str) -> str:
@@ -261,7 +315,10 @@ def run_demo(args: argparse.Namespace, workdir: Path,
         endpoints = traffic.endpoint_map(base) or {}
         say("\nBurst summary\n" + traffic.report(base, burst, endpoints))
         say("\n" + next_steps(base))
-    say("\n" + curl_lines(base))
+    root = f"http://{HOST}:{args.port}"
+    pool = first_pool(config_file)
+    say("\n" + curl_lines(base, root, pool))
+    say("\n" + explore_lines(base, root, pool))
     say("\ndemo: following the gateway's log; Ctrl-C stops the gateway and the simulator.\n")
     while proc.poll() is None:
         time.sleep(0.2)

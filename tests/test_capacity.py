@@ -16,9 +16,11 @@ from gateway_app.capacity.history_file import HistoryFile
 from gateway_app.capacity.ptu import ModelThroughput, Planning, model_in_name, published_table
 from gateway_app.capacity.report import (
     build_report,
+    format_table,
     intervals_from_history,
     intervals_from_metrics,
     live_report,
+    row_label,
 )
 from gateway_app.config import ConfigError, parse_config
 from gateway_app.routing.metrics import IntervalCounters
@@ -29,20 +31,31 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 AZURE = "https://res.openai.azure.com/openai/deployments/{}/chat/completions?api-version=2024-10-21"
 
 
-def metrics_document(endpoints: dict[str, list[tuple[int, int, int, float]]],
-                     minutes: float = 1.0, instance: str = "gw-1") -> dict[str, Any]:
-    """A /metrics document: per endpoint URI, intervals of (calls, failed, tokens, latency)."""
-    endpoint_metrics = []
+Traffic = dict[str, list[tuple[int, int, int, float]]]
+
+
+def endpoint_list(endpoints: Traffic, minutes: float = 1.0) -> list[dict[str, Any]]:
+    """/metrics entries: per endpoint URI, intervals of (calls, failed, tokens, latency)."""
+    listed = []
     for priority, (uri, intervals) in enumerate(endpoints.items()):
         history = {}
         for n, (calls, failed, tokens, latency) in enumerate(intervals):
             counters = IntervalCounters(api_calls=calls, failed_calls=failed, tokens=tokens,
                                         latency_ms=latency * calls)
             history[str(n)] = counters.history_entry(T0 + n * minutes * 60)
-        endpoint_metrics.append({"endpoint": uri, "priority": priority,
-                                 "metrics": {"history": history}})
-    return {"instanceName": instance, "collectionInterval": minutes, "historyCount": 600,
-            "endpointMetrics": endpoint_metrics}
+        listed.append({"endpoint": uri, "priority": priority, "metrics": {"history": history}})
+    return listed
+
+
+def metrics_document(endpoints: Traffic, minutes: float = 1.0, instance: str = "gw-1",
+                     pools: dict[str, Traffic] | None = None) -> dict[str, Any]:
+    """A /metrics document: /lb's ``endpoints`` and, when given, ``deploymentMetrics``."""
+    document = {"instanceName": instance, "collectionInterval": minutes, "historyCount": 600,
+                "endpointMetrics": endpoint_list(endpoints, minutes)}
+    if pools:
+        document["deploymentMetrics"] = {name: endpoint_list(backends, minutes)
+                                         for name, backends in pools.items()}
+    return document
 
 
 def rows_by_scope(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -197,6 +210,71 @@ def test_overlapping_inputs_are_merged():
     assert len(intervals) == 8
     report = build_report(intervals, Planning())
     assert rows_by_scope(report)["endpoint"][0]["intervals"] == 5
+
+
+SIM = "http://127.0.0.1:8080/openai/deployments/{}"  # a pool backend's URI
+
+
+def test_one_row_per_pool_and_backend_labelled_with_the_pool():
+    # the demo's configuration: /lb and the pool "gpt-4o" list the same deployments
+    lb = {f"{SIM.format(name)}/chat/completions?api-version=2024-10-21": intervals
+          for name, intervals in [("primary", [(3, 1, 300, 100.0)]),
+                                  ("secondary", [(0, 0, 0, 0.0)])]}
+    pool = {SIM.format("primary"): [(5, 0, 500, 50.0)], SIM.format("secondary"): []}
+    report = live_report(metrics_document(lb, pools={"gpt-4o": pool}), None)
+    rows = rows_by_scope(report)["endpoint"]
+    assert [(r["pool"], r["priority"], r["deployment"]) for r in rows] == [
+        (None, 0, "primary"), (None, 1, "secondary"),
+        ("gpt-4o", 0, "primary"), ("gpt-4o", 1, "secondary")]
+    assert [r["calls"] for r in rows] == [3, 0, 5, 0]
+    assert [row_label(r) for r in rows] == [
+        "/lb · 0 primary", "/lb · 1 secondary", "gpt-4o · 0 primary", "gpt-4o · 1 secondary"]
+    # different figures in /lb and the pool: different calls, added up
+    total = rows_by_scope(report)["instance"][0]
+    assert (total["calls"], total["tokens"], total["pool"]) == (8, 800, None)
+    text = format_table(report)
+    assert "\ngpt-4o · 0 primary  http://127.0.0.1:8080/openai/deployments/primary  " in text
+    assert [line.split()[:4] for line in text.splitlines()[3:7]] == [
+        ["/lb", "0", "primary", "default"], ["/lb", "1", "secondary", "default"],
+        ["gpt-4o", "0", "primary", "default"], ["gpt-4o", "1", "secondary", "default"]]
+
+
+def test_a_deployment_with_one_set_of_counters_counts_once_in_the_totals():
+    # a gateway keeping one set of counters per deployment shows them under /lb and the pool
+    figures = [(4, 1, 400, 80.0), (2, 0, 200, 60.0)]
+    lb = {AZURE.format("gpt-4o-east"): figures}
+    pool = {"https://RES.openai.azure.com/openai/deployments/gpt-4o-east": figures}
+    report = live_report(metrics_document(lb, pools={"gpt-4o": pool}), None)
+    rows = rows_by_scope(report)
+    assert [(r["pool"], r["calls"]) for r in rows["endpoint"]] == [(None, 6), ("gpt-4o", 6)]
+    total = rows["instance"][0]
+    assert (total["calls"], total["failedCalls"], total["tokens"]) == (6, 1, 600)
+    assert total["tpmPeak"] == 400.0
+
+
+def test_legend_says_where_each_model_comes_from():
+    doc = metrics_document({AZURE.format("primary"): [(1, 0, 100, 10.0)],
+                            AZURE.format("gpt-4o-mini-east"): [(1, 0, 100, 10.0)],
+                            AZURE.format("chat"): [(1, 0, 100, 10.0)]})
+    text = format_table(live_report(doc, {"endpointModels": {"chat": "gpt-4.1"}}))
+    assert "(model default: default)" not in text and ": default)" not in text
+    assert (f"/lb · 0 primary  {AZURE.format('primary')}  model not known (none in the "
+            "deployment's name): the table's default row, gpt-4o's figures\n") in text
+    assert "  model gpt-4o-mini, from the deployment's name\n" in text
+    assert "  model gpt-4.1, from the configuration (capacity.endpointModels)\n" in text
+    changed = format_table(live_report(doc, {"models": {"default": {"tpmPerPtu": 999}}}))
+    assert "default row, figures from the configuration\n" in changed
+
+
+def test_history_lines_keep_the_pool():
+    sink = HistoryFile("unused", "gw-1", 1.0, source="pod-a")
+    entry = IntervalCounters(api_calls=1, tokens=100).history_entry(T0)
+    lines = [sink.line({"endpoint": AZURE.format("primary"), "priority": 0, **entry}),
+             sink.line({"endpoint": SIM.format("primary"), "priority": 0, "deployment": "gpt-4o",
+                        **entry}),
+             sink.line({"endpoint": SIM.format("primary"), "priority": 0, "pool": "gpt-4o-b",
+                        **entry})]
+    assert [i.pool for i in intervals_from_history(lines)] == [None, "gpt-4o", "gpt-4o-b"]
 
 
 def pod_history(source: str, starts: list[float], tokens: list[int]) -> list[str]:
@@ -369,9 +447,9 @@ def test_cli_prints_a_table_and_writes_csv(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Capacity of gw-1: intervals of 1.0 min")
     header = lines[1].split()
-    assert header[:3] == ["#", "deployment", "model"] and "PTU" in header
-    assert any(line.split()[:3] == ["0", "gpt-4o-east", "gpt-4o"] for line in lines)
-    assert any(line.split()[:3] == ["1", "secondary", "gpt-4o-mini"] for line in lines)
+    assert header[:4] == ["pool", "#", "deployment", "model"] and "PTU" in header
+    assert any(line.split()[:4] == ["/lb", "0", "gpt-4o-east", "gpt-4o"] for line in lines)
+    assert any(line.split()[:4] == ["/lb", "1", "secondary", "gpt-4o-mini"] for line in lines)
     assert any("(instance)" in line for line in lines)
     assert any(line.startswith("PTU table: Microsoft Learn") for line in lines)
     with out.open() as handle:
@@ -394,6 +472,38 @@ def test_cli_json_and_options(tmp_path):
     row = report["rows"][0]
     assert row["ptuPeakNeeded"] == 100.0  # 100,000 TPM * 2.5 / 2,500
     assert row["ptuPeak"] == 100
+
+
+def test_cli_help_tells_the_real_default_of_output_share(tmp_path):
+    done = run_cli("--help")
+    assert done.returncode == 0
+    help_text = " ".join(done.stdout.split())
+    assert ("--output-share SHARE share of tokens that are output tokens, 0-1, for every row "
+            "(default: the --config file's capacity.outputShare if it sets one, else measured "
+            "per row from the history's prompt and completion tokens (tokenSplit); a row whose "
+            "history has no split, saved by an older gateway, counts 0)") in help_text
+    # and that is what the command does: measured from the split, else 0 ...
+    split = tmp_path / "split.jsonl"
+    old = tmp_path / "old.jsonl"
+    sink = HistoryFile("unused", "gw-1", 1.0)
+    entry = IntervalCounters(api_calls=1, tokens=1000, prompt_tokens=750,
+                             completion_tokens=250).history_entry(T0)
+    split.write_text(sink.line({"endpoint": AZURE.format("gpt-4o"), "priority": 0, **entry}))
+    del entry["collectedMetrics"]["tokenSplit"]
+    old.write_text(sink.line({"endpoint": AZURE.format("gpt-4o"), "priority": 0, **entry}))
+    for path, share, source in [(split, 0.25, "measured"), (old, 0.0, "unknown")]:
+        done = run_cli("--history", str(path), "--json")
+        assert done.returncode == 0, done.stderr
+        row = json.loads(done.stdout)["rows"][0]
+        assert (row["outputShare"], row["outputShareSource"]) == (share, source)
+    # ... unless the configuration sets it
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"endpoints": [{"uri": AZURE.format("gpt-4o"),
+                                                 "apikey": "k"}],
+                                  "capacity": {"outputShare": 0.5}}))
+    done = run_cli("--history", str(split), "--config", str(config), "--json")
+    row = json.loads(done.stdout)["rows"][0]
+    assert (row["outputShare"], row["outputShareSource"]) == (0.5, "configuration")
 
 
 def test_cli_errors(tmp_path):
@@ -434,4 +544,6 @@ def test_capacity_report_includes_deployment_pools(fake, start_gateway):
     by_deployment = {r["deployment"]: r for r in rows["endpoint"]}
     assert set(by_deployment) == {"primary", "gpt-4o-mini-east"}
     assert by_deployment["gpt-4o-mini-east"]["calls"] == 1
+    assert by_deployment["gpt-4o-mini-east"]["pool"] == "gpt-4o-mini"
+    assert by_deployment["primary"]["pool"] is None
     assert by_deployment["gpt-4o-mini-east"]["model"] == "gpt-4o-mini"  # from the name

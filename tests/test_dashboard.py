@@ -135,6 +135,8 @@ def test_dashboard_renders_charts_cooldowns_and_capacity_in_chromium(
     # per endpoint: a card with a calls chart (answered, failed) and a TPM chart, drawn
     cards = dom.tags("article", **{"class": "endpoint"})
     assert [a["data-endpoint"] for a, _ in cards] == endpoints
+    assert [" ".join(text) for _, text in dom.tags("h3")] == [
+        "/lb · 0 gpt-4o-east", "/lb · 1 gpt-4o-mini-west", "/lb · 2 spare"]
     charts = dom.tags("svg", **{"class": "chart"})
     assert len(charts) == 2 * len(endpoints)
     lines = [a["points"].split() for a, _ in dom.tags("polyline")]
@@ -162,3 +164,99 @@ def test_dashboard_renders_charts_cooldowns_and_capacity_in_chromium(
     assert pictured.returncode == 0, pictured.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     print(f"dashboard screenshot: {shot}")
+
+
+def pool_backend(endpoint: str, deployment: str) -> dict[str, str]:
+    return {"endpoint": endpoint, "deployment": deployment, "apikey": f"key-{deployment}"}
+
+
+def test_dashboard_charts_every_pool_backend_in_chromium(chromium, fake, start_gateway, tmp_path):
+    east = fake(default=reply(200, chat_body(tokens=900), delay=0.01))
+    west = fake(default=reply(200, chat_body(tokens=300)))
+    pools = {"deployments": {
+        "gpt-4o": {"backends": [pool_backend(east.base, "gpt-4o-east"),
+                                pool_backend(west.base, "gpt-4o-west")]},
+        "gpt-4o-mini": {"backends": [pool_backend(west.base, "mini")]}}}
+    gw = start_gateway([], env=FAST, sections=pools)  # pools only: /lb has no endpoints
+    azure = f"{gw.base}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+
+    stop = threading.Event()
+
+    def traffic() -> None:  # keeps calls flowing through both pools while the browser loads
+        for n in range(300):
+            if stop.wait(0.02):
+                return
+            if n % 3:
+                gw.http.post(azure, json=chat, timeout=10)
+            else:
+                gw.http.post(f"{gw.base}/v1/chat/completions",
+                             json={"model": "gpt-4o-mini", **chat}, timeout=10)
+
+    def closed_with_calls() -> bool:
+        pooled = gw.metrics()["deploymentMetrics"]
+        return all(sum(h["collectedMetrics"]["noOfApiCalls"] > 0
+                       for h in b["metrics"]["history"].values()) >= 2
+                   for name in ("gpt-4o", "gpt-4o-mini") for b in pooled[name][:1])
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        wait_until(closed_with_calls)
+        url = f"{gw.url}/dashboard"
+        done = browse(chromium, tmp_path / "profile-dom", url, "--dump-dom")
+        shot = tmp_path / "dashboard-pools.png"
+        pictured = browse(chromium, tmp_path / "profile-shot", url, f"--screenshot={shot}")
+    finally:
+        stop.set()
+        sender.join(10)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = Elements()
+    dom.feed(done.stdout)
+    (body, _), = dom.tags("body")
+    assert body["data-state"] == "ready", dom.tags("p", id="status")
+
+    # one card per (pool, backend), named by its pool
+    cards = dom.tags("article", **{"class": "endpoint"})
+    assert [(a["data-pool"], a["data-endpoint"]) for a, _ in cards] == [
+        ("gpt-4o", f"{east.base}/openai/deployments/gpt-4o-east"),
+        ("gpt-4o", f"{west.base}/openai/deployments/gpt-4o-west"),
+        ("gpt-4o-mini", f"{west.base}/openai/deployments/mini")]
+    assert [" ".join(text) for _, text in dom.tags("h3")] == [
+        "gpt-4o · 0 gpt-4o-east", "gpt-4o · 1 gpt-4o-west", "gpt-4o-mini · 0 mini"]
+    (_, note), = dom.tags("p", id="history-note")
+    kept = int(note[0].split()[0])
+    assert kept >= 2, note
+
+    # the pools' traffic is charted: answered calls and TPM rise above 0 in both pools
+    lines = [a["points"].split() for a, _ in dom.tags("polyline")]
+    assert len(lines) == 3 * len(cards) and all(len(points) == kept for points in lines)
+    baseline = max(float(p.split(",")[1]) for points in lines for p in points)
+    raised = [any(float(p.split(",")[1]) < baseline for p in points) for points in lines]
+    assert raised[0] and raised[2]  # gpt-4o-east: answered, TPM
+    assert raised[6] and raised[8]  # gpt-4o-mini's only backend: answered, TPM
+
+    # each figure says what it covers, and the time axis has readable ticks
+    titles = [" ".join(text) for _, text in dom.tags("dt")]
+    assert titles.count("Current interval (still open)") == len(cards)
+    last = [t for t in titles if t.startswith("Last closed interval (")]
+    assert len(last) == len(cards)
+    assert all(re.fullmatch(r"Last closed interval \(\d\d:\d\d:\d\d to \d\d:\d\d:\d\d UTC\)", t)
+               for t in last), last
+    ticks = [" ".join(text) for _, text in dom.tags("text", **{"class": "axis tick-label"})]
+    assert len(ticks) >= 2 * 2 * len(cards)
+    assert all(re.fullmatch(r"\d\d:\d\d(:\d\d(\.\d)?)?", t) for t in ticks), ticks
+    legends = [" ".join(text) for attrs, text in dom.tags("text")
+               if attrs.get("class", "").startswith("legend")]
+    assert set(legends) == {"answered", "failed", "TPM"}  # names only: no unlabelled figure
+
+    # the state and capacity tables name the pool too
+    capacity = dom.tags("tr", data_scope="endpoint")
+    assert [a["data-pool"] for a, _ in capacity] == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
+    cells = [" ".join(text) for _, text in dom.tags("td")]
+    assert cells.count("gpt-4o") >= 4 and cells.count("gpt-4o-mini") >= 2
+
+    assert pictured.returncode == 0, pictured.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    print(f"dashboard screenshot (pools only): {shot}")

@@ -134,7 +134,25 @@ def test_demo_script_shows_failover_and_stops_on_sigterm() -> None:
         assert served.get("secondary", 0) >= 1, text
         assert sum(served.values()) == 12, text
         assert f"/reconfig/{demo.DEMO_KEY}" in text
+        assert "DEMO_KEY in scripts/demo.py" in text
         assert "sim-key" not in text
+        # the next steps: the dashboard, the capacity report, and the SDKs through the pool
+        assert f"  {base}/dashboard\n" in text
+        assert f"  curl -s {base}/capacity\n" in text
+        assert "python -m gateway_app.capacity --metrics metrics.json" in text
+        assert 'through the pool "gpt-4o"' in text
+        snippet = re.search(r"^python - <<'EOF'\n(.*?)^EOF$", text, re.MULTILINE | re.DOTALL)
+        assert snippet, text
+        code = snippet.group(1)
+        assert "AzureOpenAI(" in code and "OpenAI(base_url=" in code
+        assert code.count('model="gpt-4o"') == 2
+        # the snippet as printed works against this demo
+        sdk = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert sdk.returncode == 0, sdk.stderr[-2000:]
+        answers = sdk.stdout.splitlines()
+        assert [line.split(":")[0] for line in answers] == ["AzureOpenAI", "OpenAI"], sdk.stdout
+        assert all(len(line.split(":", 1)[1].strip()) > 0 for line in answers), sdk.stdout
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0, output.text
@@ -225,3 +243,15 @@ def test_traffic_exits_1_when_the_gateway_is_unreachable(
     url = f"http://127.0.0.1:{free_port()}/api/v1/dev/apirouter"
     assert traffic.main(["--url", url, "--calls", "1"]) == 1
     assert "does not answer" in capsys.readouterr().err
+
+
+def test_docs_show_the_steps_the_demo_prints() -> None:
+    base, root = "http://127.0.0.1:8000/api/v1/dev/apirouter", "http://127.0.0.1:8000"
+    pool = demo.first_pool(demo.GATEWAY_CONFIG)
+    assert pool == "gpt-4o"
+    page = (REPO / "docs" / "demo.md").read_text()
+    assert demo.sdk_snippet(root, pool) in page
+    printed = demo.curl_lines(base, root, pool) + "\n" + demo.explore_lines(base, root, pool)
+    commands = [line.strip() for line in printed.splitlines() if line.startswith("  curl")]
+    assert len(commands) == 11
+    assert [c for c in commands if c not in page] == []

@@ -2,8 +2,8 @@
 
 The input is history entries: those a gateway keeps in memory (its ``/metrics`` document, live
 or saved to files) and those its JSON-lines history file kept (history_file.py).
-Per endpoint (the /lb list and the backends of deployment pools), per model and for the
-instance, the report gives calls, failures, tokens, TPM
+Per (pool, backend) (``/lb``'s ``endpoints`` list, pool None, and each deployment pool's
+backends), per model and for the instance, the report gives calls, failures, tokens, TPM
 (average, 95th percentile, peak interval), RPM, average latency, and the Provisioned
 Throughput Units that the 95th-percentile and the peak TPM would need. Served as JSON by
 ``GET {prefix}/capacity``, and on the command line: ``python -m gateway_app.capacity --help``
@@ -28,6 +28,8 @@ from typing import Any, TextIO
 from marshmallow import ValidationError
 
 from .ptu import (
+    DEFAULT_LIKE,
+    DEFAULT_MODEL,
     DEPLOYMENT_TYPES,
     TABLE_SOURCE,
     CapacitySchema,
@@ -35,6 +37,8 @@ from .ptu import (
     Planning,
     deployment_name,
 )
+
+LB_LABEL = "/lb"  # how the /lb list is shown; no pool can be named so (pool names have no "/")
 
 # --- history entries ----------------------------------------------------------------------
 
@@ -44,7 +48,7 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Interval:
-    """One closed interval of one endpoint."""
+    """One closed interval of one endpoint of ``/lb`` (pool None) or of one pool's backend."""
 
     instance: str
     source: str  # the gateway process (pod or host) whose collector closed it
@@ -57,12 +61,19 @@ class Interval:
     tokens: float
     latency_ms: float  # mean over ``calls``
     completion: float | None = None  # output tokens, when the entry tells them apart
+    pool: str | None = None  # the deployment pool that lists the backend; None: /lb's list
+
+
+def pool_label(pool: str | None) -> str:
+    """How a row's list is named for people: the pool's name, or ``/lb``."""
+    return LB_LABEL if pool is None else pool
 
 
 def _interval(instance: str, source: str, endpoint: str, priority: int,
-              entry: Mapping[str, Any], minutes: float) -> Interval:
+              entry: Mapping[str, Any], minutes: float, pool: str | None) -> Interval:
     metrics = entry["collectedMetrics"]
     return Interval(instance=instance, source=source, endpoint=endpoint, priority=int(priority),
+                    pool=None if pool is None else str(pool),
                     start=datetime.fromisoformat(entry["collectionTime"]).astimezone(UTC),
                     minutes=float(minutes),
                     calls=int(metrics["noOfApiCalls"]), failed=int(metrics["noOfFailedCalls"]),
@@ -83,18 +94,21 @@ def intervals_from_metrics(document: Mapping[str, Any], where: str = "metrics",
     try:
         minutes = float(minutes or document["collectionInterval"])
         instance = str(document.get("instanceName", ""))
-        return [_interval(instance, instance, e["endpoint"], e["priority"], entry, minutes)
-                for e in _endpoints_of(document)
+        return [_interval(instance, instance, e["endpoint"], e["priority"], entry, minutes, pool)
+                for pool, e in _endpoints_of(document)
                 for entry in e["metrics"]["history"].values()]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{where}: not a /metrics document of the gateway "
                          f"({type(exc).__name__}: {exc})") from None
 
 
-def _endpoints_of(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The /lb endpoints of a /metrics document, then the backends of its deployment pools."""
+def _endpoints_of(document: Mapping[str, Any]
+                  ) -> list[tuple[str | None, Mapping[str, Any]]]:
+    """(pool, endpoint) of a /metrics document: /lb's endpoints (pool None), then each pool's
+    backends."""
     pools = document.get("deploymentMetrics", {})
-    return [*document["endpointMetrics"], *(b for backends in pools.values() for b in backends)]
+    return [*((None, e) for e in document["endpointMetrics"]),
+            *((name, b) for name, backends in pools.items() for b in backends)]
 
 
 def intervals_from_history(lines: Iterable[str], where: str = "history",
@@ -109,17 +123,57 @@ def intervals_from_history(lines: Iterable[str], where: str = "history",
             instance = str(entry.get("instanceName", ""))
             found.append(_interval(instance, str(entry.get("source") or instance),
                                    entry["endpoint"], entry["priority"], entry,
-                                   minutes or entry["intervalMinutes"]))
+                                   minutes or entry["intervalMinutes"], _pool_of(entry)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{where}:{number}: not a history entry "
                              f"({type(exc).__name__}: {exc})") from None
     return found
 
 
+def _pool_of(entry: Mapping[str, Any]) -> str | None:
+    """The pool of a history line: ``pool``, else ``deployment`` (where the registry's closing
+    puts a pool backend's pool today); neither means /lb's list."""
+    pool = entry.get("pool", entry.get("deployment"))
+    return None if pool in (None, "") else str(pool)
+
+
 def unique(intervals: Iterable[Interval]) -> list[Interval]:
-    """One interval per (endpoint, start), oldest first: saved files overlap; the last wins."""
-    kept = {(i.endpoint, i.start): i for i in intervals}
-    return sorted(kept.values(), key=lambda i: (i.start, i.priority))
+    """One interval per (pool, endpoint, start), oldest first: saved files overlap; the last
+    wins."""
+    kept = {(i.pool, i.endpoint, i.start): i for i in intervals}
+    return sorted(kept.values(), key=lambda i: (i.start, i.pool is not None, i.pool or "",
+                                                i.priority))
+
+
+_DEPLOYMENT_URL = re.compile(r"^([a-z][a-z0-9+.-]*://[^/?#]+)(/openai/deployments/[^/?#]+)",
+                             re.IGNORECASE)
+
+
+def deployment_identity(uri: str) -> str:
+    """The Azure deployment a URI reaches (resource and deployment name), whatever the
+    operation or query: /lb's ``.../deployments/D/chat/completions?...`` and a pool's
+    ``.../deployments/D`` are one deployment."""
+    match = _DEPLOYMENT_URL.match(uri)
+    return (match.group(1).lower() + match.group(2)) if match else uri
+
+
+def _once_per_deployment(intervals: Iterable[Interval]) -> list[Interval]:
+    """The intervals that rows adding up deployments count: a deployment shown in several
+    lists (/lb and pools) counts once per window when the lists show the same figures.
+
+    A gateway that keeps one set of counters per deployment shows them in every list that
+    names it; one that kept them per list shows different figures, which are different calls
+    and are all added.
+    """
+    seen: set[tuple[Any, ...]] = set()
+    kept = []
+    for i in intervals:
+        key = (i.source, deployment_identity(i.endpoint), i.start, i.minutes, i.calls, i.failed,
+               i.tokens, i.latency_ms, i.completion)
+        if key not in seen:
+            seen.add(key)
+            kept.append(i)
+    return kept
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -134,7 +188,8 @@ def percentile(values: list[float], share: float) -> float:
 
 @dataclass
 class Row:
-    """One line of the report: an endpoint, a model across endpoints, or the instance."""
+    """One line of the report: a (pool, endpoint), a model across endpoints, or the
+    instance."""
 
     scope: str  # "endpoint", "model" or "instance"
     name: str  # endpoint URI, model name or instance name
@@ -161,6 +216,8 @@ class Row:
     ptu_p95: int = 0
     ptu_peak_needed: float = 0.0
     ptu_peak: int = 0
+    # endpoint rows: the pool's name, None for /lb's list; last, so CSV columns keep their place
+    pool: str | None = None
 
 
 def _summarize(row: Row, intervals: list[Interval]) -> Row:
@@ -265,41 +322,50 @@ ASSUMPTIONS = [
     "An endpoint's model comes from the configuration's capacity.endpointModels, else a model "
     "named in its deployment name, else the 'default' row (gpt-4o's figures unless "
     "overridden).",
+    "Endpoint rows are per (pool, endpoint): pool null is the endpoints list of POST /lb, "
+    "else the deployment pool that lists the backend.",
     "Per-model and instance rows add up the endpoints' intervals window by window, and every "
     "row adds up the gateway processes (pods) whose history is given, each process's windows "
     "placed on one grid; the instance's PTUs are the sum of one deployment per model.",
+    "A deployment that /lb and pools both list counts once in a window of the per-model and "
+    "instance rows when the lists show the same figures for it (one set of counters per "
+    "deployment); different figures are different calls, and are added.",
     "Failures are noOfFailedCalls: throttled (429) and failed calls together (the history "
     "does not tell them apart), so failedShare is an upper bound of the 429 share.",
 ]
 
 
 def build_report(intervals: Iterable[Interval], planning: Planning,
-                 endpoints: Iterable[tuple[str, int]] = (), instance: str = "",
+                 endpoints: Iterable[tuple[str | None, str, int]] = (), instance: str = "",
                  interval_minutes: float | None = None) -> dict[str, Any]:
-    """The capacity report: rows per endpoint, per model (when several) and the instance.
+    """The capacity report: rows per (pool, endpoint), per model (when several) and the
+    instance.
 
-    ``endpoints`` lists (uri, priority) of endpoints to show even without history (the live
-    configuration); the others come from the intervals. ``interval_minutes`` is reported
-    when there are no intervals to tell it.
+    ``endpoints`` lists (pool, uri, priority) of endpoints to show even without history (the
+    live configuration; pool None for /lb's list); the others come from the intervals.
+    ``interval_minutes`` is reported when there are no intervals to tell it.
     """
     intervals = unique(intervals)
-    by_endpoint: dict[str, list[Interval]] = defaultdict(list)
-    priority: dict[str, int] = {}
+    by_endpoint: dict[tuple[str | None, str], list[Interval]] = defaultdict(list)
+    priority: dict[tuple[str | None, str], int] = {}
     for i in intervals:
-        by_endpoint[i.endpoint].append(i)
-        priority[i.endpoint] = i.priority  # the latest entry's priority wins
-    for uri, position in endpoints:
-        by_endpoint.setdefault(uri, [])
-        priority[uri] = position
+        by_endpoint[i.pool, i.endpoint].append(i)
+        priority[i.pool, i.endpoint] = i.priority  # the latest entry's priority wins
+    for pool, uri, position in endpoints:
+        by_endpoint.setdefault((pool, uri), [])
+        priority[pool, uri] = position
     rows: list[Row] = []
     models_of: dict[str, str] = {}
-    for uri in sorted(by_endpoint, key=lambda u: (priority[u], u)):
+    for pool, uri in sorted(by_endpoint, key=lambda k: (k[0] is not None, k[0] or "",
+                                                         priority[k], k[1])):
         model, source = planning.model_of(uri)
         models_of[uri] = model
-        row = Row(scope="endpoint", name=uri, priority=priority[uri],
+        row = Row(scope="endpoint", name=uri, priority=priority[pool, uri], pool=pool,
                   deployment=deployment_name(uri), model=model, model_source=source)
-        rows.append(_sized(_summarize(row, _aligned(by_endpoint[uri])), planning.table[model],
-                           planning.output_share))
+        rows.append(_sized(_summarize(row, _aligned(by_endpoint[pool, uri])),
+                           planning.table[model], planning.output_share))
+    # rows over several endpoints count a deployment listed by /lb and by pools once
+    intervals = _once_per_deployment(intervals)
     models = sorted(set(models_of.values()))
     model_rows = []
     for model in models:
@@ -347,7 +413,8 @@ def live_report(metrics_document: Mapping[str, Any], section: Mapping[str, Any] 
                 ) -> dict[str, Any]:
     """The report over what a running gateway keeps in memory."""
     intervals = intervals_from_metrics(metrics_document)
-    endpoints = [(e["endpoint"], e["priority"]) for e in _endpoints_of(metrics_document)]
+    endpoints = [(pool, e["endpoint"], e["priority"])
+                 for pool, e in _endpoints_of(metrics_document)]
     return build_report(intervals, Planning.from_section(section), endpoints,
                         instance=metrics_document.get("instanceName", ""),
                         interval_minutes=metrics_document.get("collectionInterval"))
@@ -356,21 +423,46 @@ def live_report(metrics_document: Mapping[str, Any], section: Mapping[str, Any] 
 # --- output: a readable table and CSV ------------------------------------------------------
 
 COLUMNS = [  # (title, key of a report row, format)
-    ("#", "priority", "{}"), ("deployment", "deployment", "{}"), ("model", "model", "{}"),
-    ("calls", "calls", "{}"), ("failed", "failedCalls", "{}"),
+    ("pool", "pool", "{}"), ("#", "priority", "{}"), ("deployment", "deployment", "{}"),
+    ("model", "model", "{}"), ("calls", "calls", "{}"), ("failed", "failedCalls", "{}"),
     ("fail%", "failedShare", "{:.1%}"), ("tokens", "tokens", "{}"),
     ("TPM avg", "tpmAvg", "{:.0f}"), ("TPM p95", "tpmP95", "{:.0f}"),
     ("TPM peak", "tpmPeak", "{:.0f}"), ("RPM avg", "rpmAvg", "{:.1f}"),
     ("RPM peak", "rpmPeak", "{:.1f}"), ("ms avg", "avgLatencyMs", "{:.0f}"),
     ("out%", "outputShare", "{:.0%}"), ("PTU p95", "ptuP95", "{}"), ("PTU peak", "ptuPeak", "{}"),
 ]
+TEXT_COLUMNS = {"pool", "deployment", "model"}
 
 
 def _cell(row: Mapping[str, Any], key: str, form: str) -> str:
-    if key == "deployment" and row["scope"] != "endpoint":
-        return f"({row['scope']})" if row["scope"] == "instance" else "(all)"
+    if row["scope"] != "endpoint":
+        if key == "pool":
+            return ""
+        if key == "deployment":
+            return f"({row['scope']})" if row["scope"] == "instance" else "(all)"
+    elif key == "pool":
+        return pool_label(row.get("pool"))
     value = row[key]
     return "" if value is None else form.format(value)
+
+
+def row_label(row: Mapping[str, Any]) -> str:
+    """``gpt-4o · 0 primary``: the list, the priority in it and the deployment."""
+    return f"{pool_label(row.get('pool'))} · {row['priority']} {row['deployment'] or row['name']}"
+
+
+def model_note(row: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """Where an endpoint row's model comes from, in words."""
+    model, source = row["model"], row["modelSource"]
+    if source == "config":
+        return f"model {model}, from the configuration (capacity.endpointModels)"
+    if source == "deployment":
+        return f"model {model}, from the deployment's name"
+    table = report["ptuTable"]["models"]
+    figures = ("gpt-4o's figures" if table.get(DEFAULT_MODEL) == table.get(DEFAULT_LIKE)
+               else "figures from the configuration")
+    return (f"model not known (none in the deployment's name): the table's {model} row, "
+            f"{figures}")
 
 
 def format_table(report: Mapping[str, Any]) -> str:
@@ -378,9 +470,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     cells = [[title for title, _, _ in COLUMNS]]
     cells += [[_cell(r, key, form) for _, key, form in COLUMNS] for r in report["rows"]]
     widths = [max(len(line[c]) for line in cells) for c in range(len(COLUMNS))]
-    text_columns = {1, 2}
-    lines = ["  ".join(v.ljust(w) if c in text_columns else v.rjust(w)
-                       for c, (v, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+    lines = ["  ".join(v.ljust(w) if key in TEXT_COLUMNS else v.rjust(w)
+                       for (_, key, _), v, w in zip(COLUMNS, line, widths, strict=True)
+                       ).rstrip()
              for line in cells]
     minutes = report["intervalMinutes"]
     lines[1:1] = ["-" * len(lines[0])]
@@ -390,8 +482,9 @@ def format_table(report: Mapping[str, Any]) -> str:
                     + ("measured per row" if report["outputShare"] is None
                        else f"{report['outputShare']:.0%}"))
     lines.append("")
-    lines += [f"{r['priority']:>2}  {r['name']}  (model {r['model']}: {r['modelSource']})"
+    lines += [f"{row_label(r)}  {r['name']}  {model_note(r, report)}"
               for r in report["rows"] if r["scope"] == "endpoint"]
+    lines.append(f"pool {LB_LABEL}: the endpoints list of POST /lb")
     lines.append(f"PTU table: {report['ptuTable']['source']}")
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
@@ -424,8 +517,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="size PTUs for this deployment type (default: the config's, "
                              "else global)")
     parser.add_argument("--output-share", type=float, metavar="SHARE",
-                        help="share of tokens that are output tokens, 0-1 (default: the "
-                             "config's, else 0)")
+                        help="share of tokens that are output tokens, 0-1, for every row "
+                             "(default: the --config file's capacity.outputShare if it sets "
+                             "one, else measured per row from the history's prompt and "
+                             "completion tokens (tokenSplit); a row whose history has no "
+                             "split, saved by an older gateway, counts 0)")
     parser.add_argument("--csv", metavar="OUT", help="also write the rows as CSV to OUT")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser

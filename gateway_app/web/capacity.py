@@ -1,9 +1,9 @@
 """Capacity routes on the gateway's blueprint: the JSON report and the dashboard page.
 
 - ``GET {prefix}/capacity``: the capacity report over the history kept in memory.
-- ``GET {prefix}/dashboard``: a page that charts that history, shows each endpoint's
-  cooldown (from ``/readyz``) and the capacity table, refreshing itself. Its script and style
-  are files of the package (gateway_app/capacity/dashboard/), served by
+- ``GET {prefix}/dashboard``: a page that charts that history per (pool, backend), shows
+  each backend's cooldown (from ``/readyz``) and the capacity table, refreshing itself. Its
+  script and style are files of the package (gateway_app/capacity/dashboard/), served by
   ``GET {prefix}/dashboard/NAME``;
   the page loads nothing from anywhere else, which its Content-Security-Policy enforces.
 """

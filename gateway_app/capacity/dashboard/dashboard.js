@@ -10,10 +10,11 @@
   const asked = Number(new URLSearchParams(location.search).get("refresh"));
   const refreshMs = (asked > 0 ? asked : 5) * 1000;
 
+  const LB = "/lb";  // how /lb's endpoints list is named; no pool can be (pool names have no "/")
   const CAPACITY_COLUMNS = [
     // [title, key, format]
-    ["#", "priority", String], ["deployment", "deployment", String], ["model", "model", String],
-    ["calls", "calls", String], ["failed", "failedCalls", String],
+    ["pool", "pool", poolLabel], ["#", "priority", String], ["deployment", "deployment", String],
+    ["model", "model", String], ["calls", "calls", String], ["failed", "failedCalls", String],
     ["failed share", "failedShare", (v) => (v * 100).toFixed(1) + "%"],
     ["tokens", "tokens", String], ["TPM avg", "tpmAvg", round0], ["TPM p95", "tpmP95", round0],
     ["TPM peak", "tpmPeak", round0], ["RPM avg", "rpmAvg", (v) => v.toFixed(1)],
@@ -21,7 +22,14 @@
     ["output share", "outputShare", (v) => (v * 100).toFixed(0) + "%"],
     ["PTU p95", "ptuP95", String], ["PTU peak", "ptuPeak", String],
   ];
-  const TEXT_COLUMNS = new Set(["deployment", "model"]);
+  const TEXT_COLUMNS = new Set(["pool", "deployment", "model"]);
+
+  function poolLabel(pool) { return pool === null || pool === undefined ? LB : pool; }
+
+  // "gpt-4o · 0 primary": the list, the backend's priority in it, the deployment
+  function backendLabel(pool, priority, uri) {
+    return `${poolLabel(pool)} · ${priority} ${deploymentOf(uri)}`;
+  }
 
   function round0(v) { return Math.round(v).toString(); }
 
@@ -75,11 +83,39 @@
     return body;
   }
 
-  // A line chart of one or more series over the same points, with a y scale from 0.
-  function chart(title, labels, series, unit) {
-    const W = 360, H = 150, L = 48, R = 10, T = 22, B = 22;
+  // Tick steps of a time axis, in seconds, shortest first.
+  const TICK_STEPS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600,
+                      7200, 10800, 21600, 43200, 86400];
+  const CHAR_WIDTH = 6.2;  // of a digit in the axis font (10px), in viewBox units
+
+  // Ticks at whole multiples of a step, labelled 12:05, 12:05:30 or 12:05:30.5 as the step
+  // needs: the shortest step whose labels fit side by side in ``width``, but longer while it
+  // leaves fewer than two ticks.
+  function timeTicks(from, to, width) {
+    const plan = (step) => {
+      const ticks = [];
+      for (let t = Math.ceil(from / step) * step; t <= to; t += step) ticks.push(t);
+      const end = step % 1000 ? 21 : step % 60000 ? 19 : 16;
+      const label = (end - 11) * CHAR_WIDTH + 14;  // with a gap to the next one
+      return { ticks, end, fits: label <= (width * step) / (to - from) };
+    };
+    const steps = TICK_STEPS.map((s) => s * 1000);
+    let i = steps.findIndex((step) => plan(step).fits);
+    if (i < 0) i = steps.length - 1;
+    while (i > 0 && plan(steps[i]).ticks.length < 2) i -= 1;
+    const { ticks, end } = plan(steps[i]);
+    return ticks.map((t) => ({ t, text: new Date(t).toISOString().slice(11, end) }));
+  }
+
+  // A line chart of closed intervals: one or more series, y from 0, x in time (UTC). Each
+  // point sits in the middle of its interval, which spans [start, start + minutes].
+  function chart(title, starts, minutes, series) {
+    const W = 360, H = 160, L = 48, R = 10, T = 24, B = 30;
     const top = Math.max(1, ...series.flatMap((s) => s.values));
-    const x = (i) => L + (labels.length > 1 ? (i * (W - L - R)) / (labels.length - 1) : (W - L - R) / 2);
+    const length = minutes * 60000;
+    const from = starts.length ? starts[0] : 0;
+    const to = starts.length ? starts[starts.length - 1] + length : 1;
+    const x = (t) => L + ((t - from) * (W - L - R)) / (to - from);
     const y = (v) => T + (H - T - B) * (1 - v / top);
     const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
                               "aria-label": title });
@@ -90,22 +126,35 @@
       root.appendChild(svg("text", { x: L - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" },
                            formatNumber(v)));
     }
-    if (labels.length) {
-      root.appendChild(svg("text", { x: L, y: H - 6, class: "axis" }, clock(labels[0])));
-      root.appendChild(svg("text", { x: W - R, y: H - 6, class: "axis", "text-anchor": "end" },
-                           clock(labels[labels.length - 1])));
+    if (!starts.length) {
+      root.appendChild(svg("text", { x: (L + W - R) / 2, y: (T + H - B) / 2 + 4,
+                                     class: "axis empty", "text-anchor": "middle" },
+                           "no closed interval yet"));
+      return root;
+    }
+    root.appendChild(svg("text", { x: L - 4, y: H - 8, class: "axis", "text-anchor": "end" },
+                         "UTC"));
+    for (const tick of timeTicks(from, to, W - L - R)) {
+      root.appendChild(svg("line", { x1: x(tick.t), x2: x(tick.t), y1: T, y2: H - B + 4,
+                                     class: "grid tick" }));
+      // a label is centred on its tick, but never runs past the plot's right edge
+      const half = (tick.text.length * CHAR_WIDTH) / 2;
+      const at = Math.min(x(tick.t), W - 2 - half);
+      root.appendChild(svg("text", { x: at, y: H - 8, class: "axis tick-label",
+                                     "text-anchor": "middle" }, tick.text));
     }
     series.forEach((s, n) => {
-      const points = s.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+      const points = s.values.map((v, i) =>
+        `${x(starts[i] + length / 2).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
       root.appendChild(svg("polyline", { points, class: `series series-${n}` }));
       if (s.values.length === 1) {
-        root.appendChild(svg("circle", { cx: x(0), cy: y(s.values[0]), r: 2.5,
-                                         class: `series-${n}` }));
+        root.appendChild(svg("circle", { cx: x(starts[0] + length / 2), cy: y(s.values[0]),
+                                         r: 2.5, class: `series-${n}` }));
       }
-      const last = s.values.length ? s.values[s.values.length - 1] : 0;
-      root.appendChild(svg("text", { x: W - R - 85 * (series.length - 1 - n), y: 14,
+      // the legend names the series; the figures are in the card's text, labelled
+      root.appendChild(svg("text", { x: W - R - 62 * (series.length - 1 - n), y: 14,
                                      class: `legend series-${n}`, "text-anchor": "end" },
-                           `${s.name} ${formatNumber(last)}${unit || ""}`));
+                           s.name));
     });
     return root;
   }
@@ -116,13 +165,17 @@
     return Number.isInteger(v) ? String(v) : v.toFixed(1);
   }
 
+  // /readyz names a pool backend's pool "pool" or, in this gateway's first shape, "deployment".
+  function readyPool(e) { return "pool" in e ? e.pool : (e.deployment || null); }
+
   function renderState(ready) {
     const body = document.querySelector("#state tbody");
     body.replaceChildren(...ready.endpoints.map((e) => {
       const state = e.available ? "available" : "cooling down";
       const row = el("tr", { "data-available": String(e.available),
                              class: e.available ? "" : "cooling" });
-      row.append(el("td", { class: "num" }, String(e.priority)),
+      row.append(el("td", {}, poolLabel(readyPool(e))),
+                 el("td", { class: "num" }, String(e.priority)),
                  el("td", {}, deploymentOf(e.endpoint)), el("td", {}, state),
                  el("td", {}, e.reason || ""),
                  el("td", { class: "num" }, e.cooldownSeconds.toFixed(1)),
@@ -132,28 +185,61 @@
     }));
   }
 
+  // Every (pool, backend) of /metrics: /lb's endpoints (pool null), then each pool's backends.
+  function backendsOf(metrics) {
+    return [
+      ...metrics.endpointMetrics.map((e) => ({ pool: null, entry: e })),
+      ...Object.entries(metrics.deploymentMetrics || {}).flatMap(([name, backends]) =>
+        backends.map((e) => ({ pool: name, entry: e }))),
+    ];
+  }
+
+  function figure(name, title, text) {
+    const item = el("div", { "data-figure": name });
+    item.append(el("dt", {}, title), el("dd", {}, text));
+    return item;
+  }
+
+  function card(pool, e, minutes) {
+    const history = Object.keys(e.metrics.history).sort((a, b) => a - b)
+      .map((k) => e.metrics.history[k]);
+    const starts = history.map((h) => Date.parse(h.collectionTime));
+    const calls = history.map((h) => h.collectedMetrics.noOfApiCalls);
+    const failed = history.map((h) => h.collectedMetrics.noOfFailedCalls);
+    const tpm = history.map((h) => (h.collectedMetrics.throughput.kTokensPerWindow * 1000) / minutes);
+    const m = e.metrics;
+    const figures = el("dl", { class: "figures" });
+    figures.append(figure("current", "Current interval (still open)",
+      `${m.apiCalls} answered · ${m.failedCalls} failed · ` +
+      `${formatNumber(Math.round(m.kInferenceTokens * 1000))} tokens`));
+    const n = history.length - 1;
+    figures.append(n < 0
+      ? figure("last", "Last closed interval", "none yet")
+      : figure("last", `Last closed interval (${clock(history[n].collectionTime)} to ` +
+                       `${clock(new Date(starts[n] + minutes * 60000).toISOString())} UTC)`,
+               `${calls[n]} answered · ${failed[n]} failed · ${formatNumber(Math.round(tpm[n]))} TPM`));
+    const article = el("article", { class: "endpoint", "data-endpoint": e.endpoint,
+                                    "data-pool": poolLabel(pool) });
+    article.append(el("h3", {}, backendLabel(pool, e.priority, e.endpoint)),
+                   el("p", { class: "uri" }, e.endpoint), figures,
+                   chart("Calls per closed interval", starts, minutes,
+                         [{ name: "answered", values: calls }, { name: "failed", values: failed }]),
+                   chart("Tokens per minute, per closed interval", starts, minutes,
+                         [{ name: "TPM", values: tpm }]));
+    return article;
+  }
+
   function renderCharts(metrics) {
     const minutes = metrics.collectionInterval;
-    const cards = metrics.endpointMetrics.map((e) => {
-      const history = Object.keys(e.metrics.history).sort((a, b) => a - b)
-        .map((k) => e.metrics.history[k]);
-      const labels = history.map((h) => h.collectionTime);
-      const calls = history.map((h) => h.collectedMetrics.noOfApiCalls);
-      const failed = history.map((h) => h.collectedMetrics.noOfFailedCalls);
-      const tpm = history.map((h) => (h.collectedMetrics.throughput.kTokensPerWindow * 1000) / minutes);
-      const card = el("article", { class: "endpoint", "data-endpoint": e.endpoint });
-      card.append(el("h3", {}, `#${e.priority} ${deploymentOf(e.endpoint)}`),
-                  el("p", { class: "uri" }, e.endpoint),
-                  chart("Calls per interval", labels,
-                        [{ name: "answered", values: calls }, { name: "failed", values: failed }]),
-                  chart("Tokens per minute", labels, [{ name: "TPM", values: tpm }]));
-      return card;
-    });
-    document.getElementById("charts").replaceChildren(...cards);
-    const kept = Math.max(0, ...metrics.endpointMetrics.map((e) => Object.keys(e.metrics.history).length));
+    const backends = backendsOf(metrics);
+    document.getElementById("charts").replaceChildren(
+      ...backends.map(({ pool, entry }) => card(pool, entry, minutes)));
+    const kept = Math.max(0, ...backends.map(({ entry }) =>
+      Object.keys(entry.metrics.history).length));
     document.getElementById("history-note").textContent =
-      `${kept} closed interval(s) of ${minutes} min kept (at most ${metrics.historyCount}); ` +
-      "failed counts throttled (429) and failed calls.";
+      `${kept} closed interval(s) of ${minutes} min kept (at most ${metrics.historyCount}), ` +
+      `charted per (pool, backend); ${LB} is the endpoints list of POST /lb. ` +
+      "Failed counts throttled (429) and failed calls.";
   }
 
   function renderCapacity(report) {
@@ -162,9 +248,11 @@
       el("th", { class: TEXT_COLUMNS.has(key) ? "" : "num" }, title)));
     const body = document.querySelector("#capacity tbody");
     body.replaceChildren(...report.rows.map((r) => {
-      const row = el("tr", { "data-scope": r.scope, class: r.scope, title: r.name });
+      const row = el("tr", { "data-scope": r.scope, class: r.scope, title: r.name,
+                             ...(r.scope === "endpoint" ? { "data-pool": poolLabel(r.pool) } : {}) });
       for (const [, key, format] of CAPACITY_COLUMNS) {
         let text = r[key] === null || r[key] === undefined ? "" : format(r[key]);
+        if (key === "pool") text = r.scope === "endpoint" ? poolLabel(r.pool) : "";
         if (key === "deployment" && r.scope !== "endpoint") {
           text = r.scope === "instance" ? "(instance)" : "(model)";
         }
