@@ -360,7 +360,6 @@ class Registry:
         with self._lock:
             return [{"pool": e.pool, "priority": e.priority, "endpoint": e.url,
                      "backend": e.backend.name,
-                     **({} if e.is_default_pool else {"deployment": e.pool}),
                      "available": e.backend.cooldown_until <= now,
                      "cooldownSeconds": round(e.backend.remaining(now), 3),
                      "reason": (e.backend.cooldown_reason
