@@ -138,6 +138,16 @@ class Settings:
     # seconds of silence allowed from a backend; a large model may think a long while before the
     # first byte of a non-streamed answer.
     read_timeout: float = var("API_GATEWAY_READ_TIMEOUT", _positive, 120.0)
+    # seconds one attempt may take in all, headers and body, streamed or not: the read timeout
+    # only measures silence, so a backend trickling a byte a second could hold a worker
+    # forever. Ten minutes covers the longest streamed completions (16k tokens at ~30/s).
+    call_timeout: float = var("API_GATEWAY_CALL_TIMEOUT", _positive, 600.0)
+    # bytes of a non-streamed answer (after decoding); past it the client gets a JSON 502. The
+    # largest legitimate answers are embeddings batches: 2,048 inputs of 3,072 floats are about
+    # 75 MB as JSON, so 128 MiB leaves room while four hostile answers stay far from a
+    # container's memory limit.
+    max_response_bytes: int = var("API_GATEWAY_MAX_RESPONSE_BYTES",
+                                  _number(1024, integer=True), 128 * MIB)
     # bytes; Azure OpenAI refuses requests above 20 MB (images in base64), so larger bodies are
     # refused here without being read.
     max_body_bytes: int = var("API_GATEWAY_MAX_BODY_BYTES", _number(1024, integer=True), 20 * MIB)

@@ -35,6 +35,17 @@ READ_SIZE = 64 * 1024
 # Azure accepts stream_options from this api-version on; older ones reject the field.
 STREAM_OPTIONS_SINCE = "2024-09-01"
 STREAM_ERRORS = (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException)
+# Content-Encodings urllib3 decodes with the standard library; an answer in one of them is
+# decoded here (and relayed without the header), any other is relayed with its header.
+DECODED = frozenset(urllib3.HTTPResponse.CONTENT_DECODERS) - {"br", "zstd"}
+
+
+class DeadlinePassed(Exception):
+    """An attempt took longer than API_GATEWAY_CALL_TIMEOUT in all."""
+
+
+class ResponseTooLarge(Exception):
+    """A non-streamed answer, or one pending stream event, over API_GATEWAY_MAX_RESPONSE_BYTES."""
 
 
 @dataclass
@@ -61,6 +72,7 @@ class ClientAnswer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes | Iterable[bytes]
+    served: bool = True  # False: the gateway answers for a backend that could not
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +157,7 @@ class Proxy:
                 lease.abandon()  # the in-flight count is given back whatever went wrong
                 raise
             if answer is not None:
-                self.registry.count_client_call(served=True)
+                self.registry.count_client_call(served=answer.served)
                 return answer
         self.registry.count_client_call(served=False)
         return self._unavailable(call, attempts, entries)
@@ -175,28 +187,75 @@ class Proxy:
         if status >= 500:
             response.close()
             return self._fault(lease, attempts, Attempt(entry.priority, status))
-        streamed = "text/event-stream" in response.headers.get("content-type", "")
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        decode = encoding in DECODED
+        relayed_encoding = encoding if encoding not in ("", "identity") and not decode else ""
+        # events can only be split when they can be read: an undecodable stream goes whole
+        streamed = "text/event-stream" in response.headers.get("content-type", "") \
+            and not relayed_encoding
+        deadline = started + self.settings.call_timeout
         try:
             if streamed:
-                content = response.raw.read1(READ_SIZE)
+                content = response.raw.read1(READ_SIZE, decode_content=decode)
                 if not content:
                     raise http.client.IncompleteRead(b"")
             else:
-                content = response.raw.read(decode_content=False)
-        except STREAM_ERRORS as exc:
+                content = self._read_whole(response, decode, deadline)
+        except ResponseTooLarge:
+            response.close()
+            return self._too_large(lease, call, attempts, started)
+        except (*STREAM_ERRORS, DeadlinePassed) as exc:
             response.close()
             return self._fault(lease, attempts, Attempt(entry.priority, error=type(exc).__name__))
         attempts.append(Attempt(entry.priority, status))
         headers = client_headers(response.raw.headers.iteritems(), call.request_id,
                                  entry.priority, len(attempts))
+        if relayed_encoding:
+            headers.append(("content-encoding", relayed_encoding))
         if streamed:
             relay = StreamRelay(self, lease, response, call, attempts, started, content,
-                                injected, client_gone)
+                                injected, client_gone, decode, deadline)
             return ClientAnswer(status, [*headers, ("x-accel-buffering", "no")], relay)
         response.close()
         self.finished(call, lease, attempts, status, started,
                       usage_of(content) if status < 300 else None)
         return ClientAnswer(status, headers, content)
+
+    def _read_whole(self, response: BackendReply, decode: bool, deadline: float) -> bytes:
+        """A non-streamed answer, bounded in size and in time.
+
+        Read a chunk at a time rather than whole: a backend trickling its body would
+        otherwise hold the worker for as long as each byte beats the read timeout.
+        """
+        limit = self.settings.max_response_bytes
+        length = response.headers.get("content-length", "")
+        if not decode and length.isdigit() and int(length) > limit:
+            raise ResponseTooLarge
+        chunks, size = [], 0
+        while chunk := response.raw.read1(READ_SIZE, decode_content=decode):
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge
+            if time.monotonic() > deadline:
+                raise DeadlinePassed
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self, lease: Lease, call: Call, attempts: Attempts,
+                   started: float) -> ClientAnswer:
+        """An answer over the size limit: the backend counts as failed, the client gets a 502
+        (another deployment would send the same answer, so there is no failover)."""
+        entry = lease.entry
+        lease.failed()
+        self.telemetry.refused(entry, "error", "failed")
+        attempts.append(Attempt(entry.priority, error="ResponseTooLarge"))
+        limit = self.settings.max_response_bytes
+        log_call(call, attempts, 502, time.monotonic() - started, pool=entry.pool)
+        return ClientAnswer(502, [("x-request-id", call.request_id),
+                                  ("content-type", "application/json")],
+                            error_body("ResponseTooLarge",
+                                       f"The deployment's answer is larger than {limit} bytes "
+                                       "(API_GATEWAY_MAX_RESPONSE_BYTES)."), served=False)
 
     def finished(self, call: Call, lease: Lease, attempts: Attempts, status: int,
                  started: float, usage: Usage | None, ttft: float | None = None,
@@ -255,7 +314,8 @@ class StreamRelay:
 
     def __init__(self, proxy: Proxy, lease: Lease, response: BackendReply,
                  call: Call, attempts: Attempts, started: float, first: bytes,
-                 injected: bool, client_gone: Callable[[], bool]) -> None:
+                 injected: bool, client_gone: Callable[[], bool], decode: bool = False,
+                 deadline: float = float("inf")) -> None:
         self.proxy = proxy
         self.lease = lease
         self.response = response
@@ -265,6 +325,8 @@ class StreamRelay:
         self.first = first
         self.injected = injected
         self.client_gone = client_gone
+        self.decode = decode
+        self.deadline = deadline
         self.ttft = time.monotonic() - started
         self.usage: Usage | None = None
         self._released = False
@@ -272,6 +334,7 @@ class StreamRelay:
     def __iter__(self) -> Iterator[bytes]:
         splitter = EventSplitter()
         data = self.first
+        limit = self.proxy.settings.max_response_bytes
         try:
             while data:
                 out = [event for event in map(self._filter, splitter.feed(data)) if event]
@@ -280,8 +343,12 @@ class StreamRelay:
                 if self.client_gone():
                     self._release(StreamEnd.CLIENT_GONE)
                     return
-                data = self.response.raw.read1(READ_SIZE)
-        except STREAM_ERRORS as exc:
+                if splitter.pending > limit:  # no event boundary in sight: not an SSE stream
+                    raise ResponseTooLarge
+                if time.monotonic() > self.deadline:
+                    raise DeadlinePassed
+                data = self.response.raw.read1(READ_SIZE, decode_content=self.decode)
+        except (*STREAM_ERRORS, DeadlinePassed, ResponseTooLarge) as exc:
             log.warning("call %s: stream from %s (pool %s) broke: %s", self.call.request_id,
                         self.lease.backend.name, self.lease.entry.pool,
                         type(exc).__name__)

@@ -53,6 +53,11 @@ class EventSplitter:
             start = match.end()
         self._pending = buffer[start:]
 
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the end of their event."""
+        return len(self._pending)
+
 
 def is_usage_only(event: bytes) -> bool:
     """The extra chunk that ``stream_options.include_usage`` adds: no choices, only usage."""
