@@ -5,15 +5,20 @@ per-endpoint fields: ``apikeyEnv`` (read the key from that environment variable 
 file), ``priority`` (an explicit order; ties keep file order) and ``timeout`` (read timeout in
 seconds for this endpoint). Optional sections: ``clientKeys`` (keys applications must send) and
 ``deployments`` (named pools of backends for the Azure-style and /v1 routes).
+
+Limits: a deployment listed twice (the same ``uri`` in ``endpoints``, the same endpoint and
+deployment in one pool) is refused, naming both indexes; a list holds at most ``MAX_BACKENDS``
+backends and the file at most ``MAX_POOLS`` pools.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -60,6 +65,13 @@ class PoolConfig:
     backends: list[EndpointConfig]
     api_version: str  # for /v1 calls, which carry none
 
+
+# Backends in one list (``endpoints``, or one pool's ``backends``). A call may try each one in
+# turn and each owns a connection pool; real lists hold a handful, and 10,000 made one call
+# take 5 s. Pools per file: likewise far above real use, and a bound on memory.
+MAX_BACKENDS = 1000
+MAX_POOLS = 1000
+MAX_ERRORS_SHOWN = 20  # problems named in one ConfigError; the rest are counted
 
 ENV_NAME = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$",
                            error="must be an environment variable name")
@@ -112,8 +124,11 @@ class PoolBackendSchema(_BackendSchema):
 
 
 class PoolSchema(Schema):
-    backends = fields.List(fields.Nested(PoolBackendSchema), required=True,
-                           validate=validate.Length(min=1, error="must list at least one backend"))
+    backends = fields.List(
+        fields.Nested(PoolBackendSchema), required=True,
+        validate=[validate.Length(min=1, error="must list at least one backend"),
+                  validate.Length(max=MAX_BACKENDS,
+                                  error=f"at most {MAX_BACKENDS} backends in one pool")])
     apiVersion = fields.String(validate=validate.Regexp(r"^\d{4}-\d{2}-\d{2}(-preview)?$",
                                                         error="must look like 2024-10-21"))
 
@@ -123,16 +138,61 @@ class ConfigSchema(Schema):
     capacity = fields.Nested(CapacitySchema)
     clientKeys = fields.List(fields.Nested(ClientKeySchema))
     deployments = fields.Dict(keys=fields.String(validate=NAME),
-                              values=fields.Nested(PoolSchema))
+                              values=fields.Nested(PoolSchema),
+                              validate=validate.Length(max=MAX_POOLS,
+                                                       error=f"at most {MAX_POOLS} pools"))
     endpoints = fields.List(
         fields.Nested(EndpointSchema),
-        validate=validate.Length(min=1, error="must list at least one endpoint"))
+        validate=[validate.Length(min=1, error="must list at least one endpoint"),
+                  validate.Length(max=MAX_BACKENDS,
+                                  error=f"at most {MAX_BACKENDS} endpoints")])
 
     @validates_schema
     def something_to_serve(self, data: dict[str, Any], **_: Any) -> None:
         if "endpoints" not in data and not data.get("deployments"):
             raise ValidationError("Missing data for required field (or give deployments).",
                                   "endpoints")
+
+    @validates_schema
+    def each_deployment_once(self, data: dict[str, Any], **_: Any) -> None:
+        """The registry keeps one state per (list, uri): a second entry would share or reset
+        the first one's cooldown and counters, so it is refused."""
+        errors: dict[str, Any] = {}
+        uris = [entry["uri"] for entry in data.get("endpoints", [])]
+        for index, first in _repeats(uris):
+            errors.setdefault("endpoints", {})[index] = {
+                "uri": [f"same as endpoints[{first}].uri"]}
+        for name, pool in data.get("deployments", {}).items():
+            where = f"deployments.{name}.backends"
+            uris = [_pool_uri(entry) for entry in pool["backends"]]
+            for index, first in _repeats(uris):
+                errors.setdefault("deployments", {}).setdefault(name, {}).setdefault(
+                    "backends", {})[index] = [
+                        f"same endpoint and deployment as {where}[{first}]"]
+        if errors:
+            raise ValidationError(errors)
+
+
+def _same_deployment(uri: str) -> str:
+    """``uri`` as compared for duplicates: scheme and host are case-insensitive."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()))
+
+
+def _repeats(uris: Iterable[str]) -> list[tuple[int, int]]:
+    """(index, index of its first occurrence) for every uri listed before."""
+    first: dict[str, int] = {}
+    repeats = []
+    for index, uri in enumerate(uris):
+        seen = first.setdefault(_same_deployment(uri), index)
+        if seen != index:
+            repeats.append((index, seen))
+    return repeats
+
+
+def _pool_uri(entry: Mapping[str, Any]) -> str:
+    """A pool backend's deployment URL: ``{endpoint}/openai/deployments/{deployment}``."""
+    return f"{entry['endpoint'].rstrip('/')}/openai/deployments/{entry['deployment']}"
 
 
 def _flatten(errors: Any, path: str = "") -> list[str]:
@@ -158,7 +218,10 @@ def parse_config(document: Any, environ: Mapping[str, str]) -> GatewayConfig:
     try:
         data = ConfigSchema().load(document)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_flatten(exc.messages))) from None
+        lines = _flatten(exc.messages)
+        if len(lines) > MAX_ERRORS_SHOWN:  # a list of thousands would give a message as long
+            lines = [*lines[:MAX_ERRORS_SHOWN], f"and {len(lines) - MAX_ERRORS_SHOWN} more"]
+        raise ConfigError("; ".join(lines)) from None
     endpoints = []
     for index, entry in enumerate(data.get("endpoints", [])):
         key = _secret(entry, "apikey", "apikeyEnv", f"endpoints[{index}]", environ)
@@ -182,9 +245,8 @@ def _pool(name: str, pool: dict[str, Any], environ: Mapping[str, str]) -> PoolCo
     backends = []
     for index, entry in enumerate(pool["backends"]):
         where = f"deployments.{name}.backends[{index}]"
-        uri = f"{entry['endpoint'].rstrip('/')}/openai/deployments/{entry['deployment']}"
         backends.append(EndpointConfig(
-            uri=uri, api_key=_secret(entry, "apikey", "apikeyEnv", where, environ),
+            uri=_pool_uri(entry), api_key=_secret(entry, "apikey", "apikeyEnv", where, environ),
             priority=entry.get("priority", index), timeout=entry.get("timeout"),
             weight=entry.get("weight", 1.0)))
     return PoolConfig(name, sorted(backends, key=lambda e: e.priority),

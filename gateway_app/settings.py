@@ -141,6 +141,13 @@ class Settings:
     # not add its timeout to every call.
     failure_cooldown: float = var("API_GATEWAY_FAILURE_COOLDOWN", _number(0.0), 2.0)
     failure_cooldown_max: float = var("API_GATEWAY_FAILURE_COOLDOWN_MAX", _number(0.0), 60.0)
+    # Bounds on one call's failover, enforced by the proxy. Backends tried per call: the
+    # original tried every endpoint, and 10 keeps that for any ordinary list while a list of
+    # thousands cannot turn one call into thousands of attempts.
+    max_attempts: int = var("API_GATEWAY_MAX_ATTEMPTS", _number(1, 1000, integer=True), 10)
+    # seconds one call may spend failing over, its attempts together; once past, no further
+    # backend is tried. Generous (over two read timeouts) so ordinary failover is never cut.
+    failover_timeout: float = var("API_GATEWAY_FAILOVER_TIMEOUT", _positive, 300.0)
     # seconds given to calls in flight after SIGTERM; Kubernetes waits 30 s by default.
     shutdown_grace: float = var("API_GATEWAY_SHUTDOWN_GRACE", _number(0.0), 25.0)
     # text for people, json for log collectors

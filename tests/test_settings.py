@@ -27,6 +27,15 @@ def test_defaults_apply(env):
     assert "test-gateway-key" not in repr(s)
 
 
+def test_failover_bounds_keep_ordinary_lists_as_the_original(env):
+    """Every endpoint of a list of a few is tried, with minutes to do it."""
+    s = Settings.from_env(env)
+    assert (s.max_attempts, s.failover_timeout) == (10, 300.0)
+    s = Settings.from_env({**env, "API_GATEWAY_MAX_ATTEMPTS": "3",
+                           "API_GATEWAY_FAILOVER_TIMEOUT": "2.5"})
+    assert (s.max_attempts, s.failover_timeout) == (3, 2.5)
+
+
 def test_fractional_interval_and_original_log_spellings(env):
     s = Settings.from_env({**env, "API_GATEWAY_METRICS_CINTERVAL": "0.5",
                            "API_GATEWAY_LOG_LEVEL": "fatal"})
@@ -49,6 +58,8 @@ def test_each_required_variable_is_named_when_missing(env, name):
     ("API_GATEWAY_PORT", "70000"), ("API_GATEWAY_LOG_LEVEL", "loud"),
     ("API_GATEWAY_ENV", "a/b"), ("API_GATEWAY_THREADS", "0"), ("API_GATEWAY_KEY", "  "),
     ("API_GATEWAY_READ_TIMEOUT", "-1"), ("API_GATEWAY_LOG_FORMAT", "xml"),
+    ("API_GATEWAY_MAX_ATTEMPTS", "0"), ("API_GATEWAY_MAX_ATTEMPTS", "2.5"),
+    ("API_GATEWAY_FAILOVER_TIMEOUT", "0"), ("API_GATEWAY_FAILOVER_TIMEOUT", "nan"),
 ])
 def test_malformed_values_are_named(env, name, value):
     with pytest.raises(SettingsError, match=f"^{name} "):
