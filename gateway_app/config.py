@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .capacity.ptu import CapacitySchema
+from .json_depth import MAX_JSON_DEPTH, nests_deeper
 
 
 class ConfigError(ValueError):
@@ -274,6 +275,12 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> GatewayC
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     try:
         document = json.loads(text)
+        too_deep = nests_deeper(document)
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:  # far deeper than the bound: json gave up on its own
+        too_deep = True
+    if too_deep:
+        raise ConfigError(f"{path} nests arrays or objects more than {MAX_JSON_DEPTH} levels "
+                          "deep")
     return parse_config(document, os.environ if environ is None else environ)

@@ -127,3 +127,21 @@ def test_lists_are_bounded_and_errors_are_counted_past_twenty():
         parse_config({"endpoints": bad}, {})
     assert str(info.value).count("Not a valid URL") == 20
     assert str(info.value).endswith("; and 480 more")
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+def test_a_deeply_nested_file_is_refused_with_a_clear_message(tmp_path, depth):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"endpoints": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}")
+    with pytest.raises(ConfigError, match=r"deep.json nests arrays or objects more than 64 "):
+        load_config(str(deep))
+
+
+def test_a_file_at_the_nesting_bound_gets_the_schema_errors(tmp_path):
+    at_bound = tmp_path / "c.json"
+    at_bound.write_text('{"endpoints": ' + "[" * 63 + "]" * 63 + "}")
+    with pytest.raises(ConfigError, match=r"endpoints\[0\]: Invalid input type"):
+        load_config(str(at_bound))
+    at_bound.write_text("null")
+    with pytest.raises(ConfigError, match="configuration: Invalid input type"):
+        load_config(str(at_bound))

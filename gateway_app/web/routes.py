@@ -13,6 +13,7 @@ from flask import Response, current_app, g, jsonify, request
 from ..config import ConfigError
 from ..errors import json_error
 from ..gateway import Gateway
+from ..json_depth import MAX_JSON_DEPTH, nests_deeper
 from ..keys import same_secret
 from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from ..routing.proxy import Answer, Call
@@ -66,12 +67,19 @@ def read_call(json_only: bool = True) -> Call | Response:
         payload = json.loads(body)
     except ValueError as exc:
         return json_error(400, "InvalidRequest", f"The request body is not valid JSON: {exc}")
-    except RecursionError:
-        return json_error(400, "InvalidRequest", "The request body is nested too deeply.")
+    except RecursionError:  # far deeper than the bound: json gave up on its own
+        return _too_deep()
     if not isinstance(payload, dict):
         return json_error(400, "InvalidRequest", "The request body must be a JSON object.")
+    if nests_deeper(payload):
+        return _too_deep()
     return Call(body=body, payload=payload, headers=forwarded, request_id=rid,
                 client=g.get("client"))
+
+
+def _too_deep() -> Response:
+    return json_error(400, "InvalidRequest", "The request body is nested too deeply: arrays and "
+                      f"objects more than {MAX_JSON_DEPTH} levels deep.")
 
 
 def relay(answer: Answer) -> Response:
