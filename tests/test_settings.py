@@ -66,6 +66,30 @@ def test_malformed_values_are_named(env, name, value):
         Settings.from_env({**env, name: value})
 
 
+@pytest.mark.parametrize("key", ["change-me", "fifteen-chars-x", "a" * 40, "ab" * 20,
+                                 "1234567" * 3, "  short-key  "])
+def test_a_weak_gateway_key_is_refused_without_being_shown(env, key):
+    with pytest.raises(SettingsError, match=r"^API_GATEWAY_KEY is too weak: give at least 16 "
+                                            r"characters, 8 of them different") as info:
+        Settings.from_env({**env, "API_GATEWAY_KEY": key})
+    assert key.strip() not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["test-gateway-key-6f1e", "demo-key-not-a-secret",
+                                 "bench-reload-key", "fake-gateway-key-for-ci",
+                                 "Zq3_kW9-pX2mV7rT1yB4nH6cJ8dF0gLs"])
+def test_the_keys_of_tests_demo_bench_and_chart_ci_are_strong_enough(env, key):
+    assert Settings.from_env({**env, "API_GATEWAY_KEY": key}).gateway_key == key
+
+
+def test_a_weak_gateway_key_stops_start_up_in_one_line(env):
+    result = run_wsgi({**env, "API_GATEWAY_KEY": "change-me"})
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("apirouter: cannot start: API_GATEWAY_KEY is too weak")
+    assert "change-me" not in line
+
+
 def test_unknown_gateway_variables_are_reported(env):
     s = Settings.from_env({**env, "API_GATEWAY_TREADS": "8"})
     assert s.unknown_names == ("API_GATEWAY_TREADS",)

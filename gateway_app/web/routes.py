@@ -144,19 +144,27 @@ def reconfig() -> Response:
 
 
 def _reconfigure(key: str | None) -> Response:
+    """Reload with the right key, whatever came before from the same address; a wrong key gets
+    401, or 429 once its address is past API_GATEWAY_RECONFIG_MAX_FAILURES in a minute."""
     gw = gateway()
+    if key and same_secret(key, gw.settings.gateway_key):
+        return _reload(gw)
     address = request.remote_addr or "-"
-    wait = gw.reconfig_lockout.remaining(address)
-    if wait:
-        return json_error(429, "TooManyAttempts",
-                          f"Too many wrong gateway keys; retry after {whole_seconds(wait)} s.",
-                          [("retry-after", str(whole_seconds(wait)))])
-    if not key or not same_secret(key, gw.settings.gateway_key):
-        gw.reconfig_lockout.failed(address)
-        log.warning("reconfiguration refused: wrong gateway key",
-                    extra={"fields": {"client_address": address}})
+    verdict = gw.reconfig_throttle.failed(address)
+    fields = {"fields": {"client_address": address}}
+    if not verdict.wait:
+        log.warning("reconfiguration refused: wrong gateway key", extra=fields)
         return json_error(401, "Unauthorized", "Wrong gateway key; the configuration is unchanged.")
-    gw.reconfig_lockout.succeeded(address)
+    wait = whole_seconds(verdict.wait)
+    if verdict.announce:
+        log.warning("reconfiguration refused: too many wrong gateway keys from one address; "
+                    "the next ones within %d s get 429 and no log line", wait, extra=fields)
+    return json_error(429, "TooManyAttempts",
+                      "Wrong gateway key, and too many from this address; the configuration is "
+                      f"unchanged. Retry after {wait} s.", [("retry-after", str(wait))])
+
+
+def _reload(gw: Gateway) -> Response:
     try:
         count = gw.reload()
     except ConfigError as exc:
