@@ -165,6 +165,7 @@ def _reconfigure(key: str | None) -> Response:
 
 
 def _reload(gw: Gateway) -> Response:
+    """Re-read the file: 200 with the new list, or 400 naming the problem (nothing changed)."""
     try:
         count = gw.reload()
     except ConfigError as exc:
