@@ -73,6 +73,8 @@ class PoolConfig:
 MAX_BACKENDS = 1000
 MAX_POOLS = 1000
 MAX_ERRORS_SHOWN = 20  # problems named in one ConfigError; the rest are counted
+MAX_TIMEOUT = 3600.0  # seconds, an endpoint's read timeout
+MAX_WEIGHT = 1_000_000.0
 
 ENV_NAME = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$",
                            error="must be an environment variable name")
@@ -84,7 +86,9 @@ class _BackendSchema(Schema):
     apikey = fields.String(validate=validate.Length(min=1))
     apikeyEnv = fields.String(validate=ENV_NAME)
     priority = fields.Integer(strict=True, validate=validate.Range(min=0))
-    timeout = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    # at most an hour of silence: far above any model's wait, and beyond about 1e10 seconds the
+    # socket layer raises OverflowError on every call instead of waiting
+    timeout = fields.Float(validate=validate.Range(min=0, max=MAX_TIMEOUT, min_inclusive=False))
 
     @validates_schema
     def one_key_source(self, data: dict[str, Any], **_: Any) -> None:
@@ -121,7 +125,8 @@ class PoolBackendSchema(_BackendSchema):
 
     endpoint = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
     deployment = fields.String(required=True, validate=NAME)
-    weight = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    # relative shares; bounded so that a pool's total stays a finite number
+    weight = fields.Float(validate=validate.Range(min=0, max=MAX_WEIGHT, min_inclusive=False))
 
 
 class PoolSchema(Schema):
