@@ -5,19 +5,25 @@ per-endpoint fields: ``apikeyEnv`` (read the key from that environment variable 
 file), ``priority`` (an explicit order; ties keep file order) and ``timeout`` (read timeout in
 seconds for this endpoint). Optional sections: ``clientKeys`` (keys applications must send) and
 ``deployments`` (named pools of backends for the Azure-style and /v1 routes).
+
+Limits: a deployment listed twice (the same ``uri`` in ``endpoints``, the same endpoint and
+deployment in one pool) is refused, naming both indexes; a list holds at most ``MAX_BACKENDS``
+backends and the file at most ``MAX_POOLS`` pools.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .capacity.ptu import CapacitySchema
+from .json_depth import MAX_JSON_DEPTH, nests_deeper
 
 
 class ConfigError(ValueError):
@@ -61,6 +67,15 @@ class PoolConfig:
     api_version: str  # for /v1 calls, which carry none
 
 
+# Backends in one list (``endpoints``, or one pool's ``backends``). A call may try each one in
+# turn and each owns a connection pool; real lists hold a handful, and 10,000 made one call
+# take 5 s. Pools per file: likewise far above real use, and a bound on memory.
+MAX_BACKENDS = 1000
+MAX_POOLS = 1000
+MAX_ERRORS_SHOWN = 20  # problems named in one ConfigError; the rest are counted
+MAX_TIMEOUT = 3600.0  # seconds, an endpoint's read timeout
+MAX_WEIGHT = 1_000_000.0
+
 ENV_NAME = validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]*$",
                            error="must be an environment variable name")
 
@@ -71,7 +86,9 @@ class _BackendSchema(Schema):
     apikey = fields.String(validate=validate.Length(min=1))
     apikeyEnv = fields.String(validate=ENV_NAME)
     priority = fields.Integer(strict=True, validate=validate.Range(min=0))
-    timeout = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    # at most an hour of silence: far above any model's wait, and beyond about 1e10 seconds the
+    # socket layer raises OverflowError on every call instead of waiting
+    timeout = fields.Float(validate=validate.Range(min=0, max=MAX_TIMEOUT, min_inclusive=False))
 
     @validates_schema
     def one_key_source(self, data: dict[str, Any], **_: Any) -> None:
@@ -108,12 +125,16 @@ class PoolBackendSchema(_BackendSchema):
 
     endpoint = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
     deployment = fields.String(required=True, validate=NAME)
-    weight = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    # relative shares; bounded so that a pool's total stays a finite number
+    weight = fields.Float(validate=validate.Range(min=0, max=MAX_WEIGHT, min_inclusive=False))
 
 
 class PoolSchema(Schema):
-    backends = fields.List(fields.Nested(PoolBackendSchema), required=True,
-                           validate=validate.Length(min=1, error="must list at least one backend"))
+    backends = fields.List(
+        fields.Nested(PoolBackendSchema), required=True,
+        validate=[validate.Length(min=1, error="must list at least one backend"),
+                  validate.Length(max=MAX_BACKENDS,
+                                  error=f"at most {MAX_BACKENDS} backends in one pool")])
     apiVersion = fields.String(validate=validate.Regexp(r"^\d{4}-\d{2}-\d{2}(-preview)?$",
                                                         error="must look like 2024-10-21"))
 
@@ -123,16 +144,61 @@ class ConfigSchema(Schema):
     capacity = fields.Nested(CapacitySchema)
     clientKeys = fields.List(fields.Nested(ClientKeySchema))
     deployments = fields.Dict(keys=fields.String(validate=NAME),
-                              values=fields.Nested(PoolSchema))
+                              values=fields.Nested(PoolSchema),
+                              validate=validate.Length(max=MAX_POOLS,
+                                                       error=f"at most {MAX_POOLS} pools"))
     endpoints = fields.List(
         fields.Nested(EndpointSchema),
-        validate=validate.Length(min=1, error="must list at least one endpoint"))
+        validate=[validate.Length(min=1, error="must list at least one endpoint"),
+                  validate.Length(max=MAX_BACKENDS,
+                                  error=f"at most {MAX_BACKENDS} endpoints")])
 
     @validates_schema
     def something_to_serve(self, data: dict[str, Any], **_: Any) -> None:
         if "endpoints" not in data and not data.get("deployments"):
             raise ValidationError("Missing data for required field (or give deployments).",
                                   "endpoints")
+
+    @validates_schema
+    def each_deployment_once(self, data: dict[str, Any], **_: Any) -> None:
+        """The registry keeps one state per (list, uri): a second entry would share or reset
+        the first one's cooldown and counters, so it is refused."""
+        errors: dict[str, Any] = {}
+        uris = [entry["uri"] for entry in data.get("endpoints", [])]
+        for index, first in _repeats(uris):
+            errors.setdefault("endpoints", {})[index] = {
+                "uri": [f"same as endpoints[{first}].uri"]}
+        for name, pool in data.get("deployments", {}).items():
+            where = f"deployments.{name}.backends"
+            uris = [_pool_uri(entry) for entry in pool["backends"]]
+            for index, first in _repeats(uris):
+                errors.setdefault("deployments", {}).setdefault(name, {}).setdefault(
+                    "backends", {})[index] = [
+                        f"same endpoint and deployment as {where}[{first}]"]
+        if errors:
+            raise ValidationError(errors)
+
+
+def _same_deployment(uri: str) -> str:
+    """``uri`` as compared for duplicates: scheme and host are case-insensitive."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()))
+
+
+def _repeats(uris: Iterable[str]) -> list[tuple[int, int]]:
+    """(index, index of its first occurrence) for every uri listed before."""
+    first: dict[str, int] = {}
+    repeats = []
+    for index, uri in enumerate(uris):
+        seen = first.setdefault(_same_deployment(uri), index)
+        if seen != index:
+            repeats.append((index, seen))
+    return repeats
+
+
+def _pool_uri(entry: Mapping[str, Any]) -> str:
+    """A pool backend's deployment URL: ``{endpoint}/openai/deployments/{deployment}``."""
+    return f"{entry['endpoint'].rstrip('/')}/openai/deployments/{entry['deployment']}"
 
 
 def _flatten(errors: Any, path: str = "") -> list[str]:
@@ -158,7 +224,10 @@ def parse_config(document: Any, environ: Mapping[str, str]) -> GatewayConfig:
     try:
         data = ConfigSchema().load(document)
     except ValidationError as exc:
-        raise ConfigError("; ".join(_flatten(exc.messages))) from None
+        lines = _flatten(exc.messages)
+        if len(lines) > MAX_ERRORS_SHOWN:  # a list of thousands would give a message as long
+            lines = [*lines[:MAX_ERRORS_SHOWN], f"and {len(lines) - MAX_ERRORS_SHOWN} more"]
+        raise ConfigError("; ".join(lines)) from None
     endpoints = []
     for index, entry in enumerate(data.get("endpoints", [])):
         key = _secret(entry, "apikey", "apikeyEnv", f"endpoints[{index}]", environ)
@@ -182,9 +251,8 @@ def _pool(name: str, pool: dict[str, Any], environ: Mapping[str, str]) -> PoolCo
     backends = []
     for index, entry in enumerate(pool["backends"]):
         where = f"deployments.{name}.backends[{index}]"
-        uri = f"{entry['endpoint'].rstrip('/')}/openai/deployments/{entry['deployment']}"
         backends.append(EndpointConfig(
-            uri=uri, api_key=_secret(entry, "apikey", "apikeyEnv", where, environ),
+            uri=_pool_uri(entry), api_key=_secret(entry, "apikey", "apikeyEnv", where, environ),
             priority=entry.get("priority", index), timeout=entry.get("timeout"),
             weight=entry.get("weight", 1.0)))
     return PoolConfig(name, sorted(backends, key=lambda e: e.priority),
@@ -212,6 +280,12 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> GatewayC
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     try:
         document = json.loads(text)
+        too_deep = nests_deeper(document)
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:  # far deeper than the bound: json gave up on its own
+        too_deep = True
+    if too_deep:
+        raise ConfigError(f"{path} nests arrays or objects more than {MAX_JSON_DEPTH} levels "
+                          "deep")
     return parse_config(document, os.environ if environ is None else environ)

@@ -13,7 +13,7 @@ from typing import Any
 from .capacity.history_file import HistoryFile
 from .collector import IntervalCollector
 from .config import GatewayConfig, load_config
-from .keys import ClientKeys, Lockout
+from .keys import ClientKeys, WrongKeyThrottle
 from .routing.metrics import iso_time
 from .routing.proxy import Proxy
 from .routing.registry import Registry, Snapshot
@@ -50,7 +50,7 @@ class Gateway:
                                  connect_timeout=settings.connect_timeout,
                                  read_timeout=settings.read_timeout)
         self._publish(load_config(settings.config_file))
-        self.reconfig_lockout = Lockout(settings.reconfig_max_failures, seconds=60.0)
+        self.reconfig_throttle = WrongKeyThrottle(settings.reconfig_max_failures, seconds=60.0)
         self.telemetry = Telemetry(self.registry)
         self.proxy = Proxy(self.registry, settings, self.telemetry)
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds)

@@ -1,4 +1,4 @@
-"""Secrets the gateway checks: client keys, and the lockout that slows guessing the gateway key.
+"""Secrets the gateway checks: client keys, and the throttle on wrong gateway keys.
 
 State, not web code: the web layer only reads the header (gateway_app/web/auth.py).
 """
@@ -8,8 +8,9 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 
 def same_secret(given: str, expected: str) -> bool:
@@ -45,34 +46,57 @@ class ClientKeys:
         return found
 
 
-class Lockout:
-    """Refuses an address for ``seconds`` after ``limit`` failures within ``seconds``."""
+@dataclass(frozen=True)
+class Verdict:
+    """How to answer one wrong key: ``wait`` is 0 within the address's allowance (401), else
+    the seconds until it is within it again (429); ``announce`` marks the first one past it."""
 
-    MAX_ADDRESSES = 10_000  # bounds memory under a flood of addresses
+    wait: float
+    announce: bool = False
 
-    def __init__(self, limit: int, seconds: float = 60.0) -> None:
+
+@dataclass
+class _Strikes:
+    times: deque[float]  # the last ``limit`` counted wrong keys, oldest first
+    announced: bool = False
+
+
+class WrongKeyThrottle:
+    """Counts wrong gateway keys per client address over a sliding window; refuses nobody.
+
+    The handler checks the key before asking here, so the right key works from an address
+    under attack (behind an ingress every client shares one). Past ``limit`` wrong keys within
+    ``seconds``, an address's further wrong keys are answered 429 and logged once, so a flood
+    costs a constant-time comparison each and no log volume. This does not slow guessing (each
+    answer still says right or wrong); the key's strength does, see README, Security.
+    """
+
+    MAX_ADDRESSES = 10_000  # bounds memory under a flood of addresses; the oldest are forgotten
+
+    def __init__(self, limit: int, seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.seconds = seconds
-        self._lock = threading.Lock()
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._clock = clock
+        self._lock = threading.Lock()  # guards _addresses and every _Strikes in it
+        self._addresses: OrderedDict[str, _Strikes] = OrderedDict()
 
-    def remaining(self, address: str) -> float:
-        """Seconds the address is still refused for (0 when it may try)."""
-        now = time.monotonic()
+    def failed(self, address: str) -> Verdict:
+        """Count a wrong key from ``address`` and say how to answer it."""
+        now = self._clock()
         with self._lock:
-            recent = [t for t in self._failures.get(address, ()) if now - t < self.seconds]
-            if len(recent) < self.limit:
-                return 0.0
-            return self.seconds - (now - recent[-1])
-
-    def failed(self, address: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.pop(address, ()) if now - t < self.seconds]
-            self._failures[address] = [*recent, now][-self.limit:]
-            while len(self._failures) > self.MAX_ADDRESSES:
-                self._failures.popitem(last=False)
-
-    def succeeded(self, address: str) -> None:
-        with self._lock:
-            self._failures.pop(address, None)
+            strikes = self._addresses.pop(address, None) or _Strikes(deque())
+            self._addresses[address] = strikes  # most recent last
+            while len(self._addresses) > self.MAX_ADDRESSES:
+                self._addresses.popitem(last=False)
+            times = strikes.times
+            while times and now - times[0] >= self.seconds:
+                times.popleft()
+            if len(times) < self.limit:
+                times.append(now)
+                strikes.announced = False
+                return Verdict(0.0)
+            # over the allowance: not counted, so a flood does not push the window on
+            announce = not strikes.announced
+            strikes.announced = True
+            return Verdict(self.seconds - (now - times[0]), announce)

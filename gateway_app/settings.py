@@ -44,6 +44,23 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+GATEWAY_KEY_MIN_LENGTH = 16
+GATEWAY_KEY_MIN_DISTINCT = 8
+
+
+def _gateway_key(raw: str) -> str:
+    """The gateway key, refused when it is short or repetitive. /reconfig accepts the right key
+    from any address at any time (README, Security), so the key alone keeps guessing hopeless;
+    a length can be checked, randomness cannot."""
+    key = _text(raw)
+    if len(key) < GATEWAY_KEY_MIN_LENGTH or len(set(key)) < GATEWAY_KEY_MIN_DISTINCT:
+        raise ValueError(
+            f"is too weak: give at least {GATEWAY_KEY_MIN_LENGTH} characters, "
+            f"{GATEWAY_KEY_MIN_DISTINCT} of them different, for example from "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return key
+
+
 def _path_segment(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._~-]+", raw.strip()):
         raise ValueError("must be one URL path segment (letters, digits, '.', '_', '~', '-')")
@@ -109,7 +126,7 @@ class Settings:
     """All tunables of one gateway process. Build it with :meth:`from_env`."""
 
     # --- required, as in the original gateway ---
-    gateway_key: str = var("API_GATEWAY_KEY", _text, secret=True)
+    gateway_key: str = var("API_GATEWAY_KEY", _gateway_key, secret=True)
     config_file: str = var("API_GATEWAY_CONFIG_FILE", _text)
     name: str = var("API_GATEWAY_NAME", _text)
     env: str = var("API_GATEWAY_ENV", _path_segment)
@@ -160,6 +177,13 @@ class Settings:
     # not add its timeout to every call.
     failure_cooldown: float = var("API_GATEWAY_FAILURE_COOLDOWN", _number(0.0), 2.0)
     failure_cooldown_max: float = var("API_GATEWAY_FAILURE_COOLDOWN_MAX", _number(0.0), 60.0)
+    # Bounds on one call's failover, enforced by the proxy. Backends tried per call: the
+    # original tried every endpoint, and 10 keeps that for any ordinary list while a list of
+    # thousands cannot turn one call into thousands of attempts.
+    max_attempts: int = var("API_GATEWAY_MAX_ATTEMPTS", _number(1, 1000, integer=True), 10)
+    # seconds one call may spend failing over, its attempts together; once past, no further
+    # backend is tried. Generous (over two read timeouts) so ordinary failover is never cut.
+    failover_timeout: float = var("API_GATEWAY_FAILOVER_TIMEOUT", _positive, 300.0)
     # seconds given to calls in flight after SIGTERM; Kubernetes waits 30 s by default.
     shutdown_grace: float = var("API_GATEWAY_SHUTDOWN_GRACE", _number(0.0), 25.0)
     # text for people, json for log collectors
@@ -167,8 +191,9 @@ class Settings:
     # comma-separated keys clients must send (api-key or Authorization: Bearer); more can be
     # listed in the configuration file. None anywhere: every route is open, as in the original.
     client_keys: tuple[str, ...] = var("API_GATEWAY_CLIENT_KEYS", _key_list, (), secret=True)
-    # wrong gateway keys on /reconfig tolerated from one address per minute before it is
-    # refused for a minute: guessing the key stays slow, a typo costs nothing.
+    # wrong gateway keys on /reconfig from one address per minute that get a 401 and a log line
+    # each; past it they get 429 and one line for the lot, so a flood costs little. The right
+    # key is never refused. A typo or two costs nothing.
     reconfig_max_failures: int = var("API_GATEWAY_RECONFIG_MAX_FAILURES",
                                      _number(1, 1000, integer=True), 5)
     # seconds between checks of the configuration file for changes (a ConfigMap is updated in

@@ -101,7 +101,8 @@ VALID_ENDPOINTS = st.tuples(
     KEY_SOURCES).map(lambda pair: {**pair[0], **pair[1]})
 # valid ones too, so that the success path is exercised as often as the failures
 VALID_DOCUMENTS = st.fixed_dictionaries(
-    {"endpoints": st.lists(VALID_ENDPOINTS, min_size=1, max_size=4)},
+    {"endpoints": st.lists(VALID_ENDPOINTS, min_size=1, max_size=4,
+                           unique_by=lambda e: e["uri"])},  # a uri twice is refused
     optional={"clientKeys": st.lists(st.fixed_dictionaries(
         {"name": st.sampled_from(["app-a", "app-b"]),
          "key": st.text(min_size=1, max_size=8).map(lambda s: SECRET + s)}), max_size=2)})
@@ -201,7 +202,7 @@ def test_retry_after_never_raises_and_stays_within_cap(headers: dict[str, str], 
 
 
 @SETTINGS
-@given(ms=st.floats(min_value=0, max_value=1e9), seconds=HEADER_VALUES, cap=CAPS)
+@given(ms=st.floats(min_value=0.001, max_value=1e9), seconds=HEADER_VALUES, cap=CAPS)
 def test_retry_after_ms_wins_when_readable(ms: float, seconds: str, cap: float) -> None:
     headers = {"retry-after-ms": repr(ms), "retry-after": seconds}
     value = retry_after_seconds(headers, 1.0, cap, NOW)
@@ -209,12 +210,23 @@ def test_retry_after_ms_wins_when_readable(ms: float, seconds: str, cap: float) 
 
 
 @SETTINGS
+@given(ms=st.floats(max_value=0) | st.just(-0.0), seconds=HEADER_VALUES, cap=CAPS)
+def test_retry_after_ms_asking_no_wait_never_wins(ms: float, seconds: str, cap: float) -> None:
+    """Zero or negative counts as absent: the answer is retry-after's alone."""
+    alone = retry_after_seconds({"retry-after": seconds}, 1.0, cap, NOW)
+    value = retry_after_seconds({"retry-after-ms": repr(ms), "retry-after": seconds}, 1.0, cap,
+                                NOW)
+    assert value == alone
+
+
+@SETTINGS
 @given(delta=st.integers(min_value=-10**9, max_value=10**9), cap=CAPS)
 def test_retry_after_date_is_the_time_left(delta: int, cap: float) -> None:
+    """A future date gives the time left; a date now or past counts as absent (the default)."""
     when = datetime.fromtimestamp(NOW + delta, UTC)
     value = retry_after_seconds({"retry-after": format_datetime(when, usegmt=True)}, 1.0, cap,
                                 NOW)
-    assert math.isclose(value, min(max(delta, 0), cap), abs_tol=1e-6)
+    assert math.isclose(value, min(delta if delta > 0 else 1.0, cap), abs_tol=1e-6)
 
 
 @SETTINGS

@@ -1,14 +1,17 @@
-"""Client keys, the gateway key on /reconfig, lockout, and secrets kept out of every output."""
+"""Client keys, the gateway key on /reconfig, the wrong-key throttle, and secrets kept out of
+every output."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import requests
 
+from gateway_app.keys import Verdict, WrongKeyThrottle
 from gateway_app.watcher import file_digest
 from tests.conftest import GATEWAY_KEY
 from tests.fakes import reply, wait_until
@@ -71,14 +74,74 @@ def test_post_reconfig_takes_the_key_in_a_header(fake, start_gateway):
     assert r.status_code == 200 and r.json()["oaiEndpoints"] == {"0": b.uri()}
 
 
-def test_repeated_wrong_gateway_keys_are_refused_for_a_while(fake, start_gateway):
+class Collected(logging.Handler):
+    """Keeps the messages of the records it sees."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_wrong_keys_past_the_allowance_get_429_and_the_right_key_still_reloads(
+        fake, start_gateway):
     gw = start_gateway([fake()], env={"API_GATEWAY_RECONFIG_MAX_FAILURES": "3"})
-    codes = [gw.get(f"reconfig/guess-{i}").status_code for i in range(3)]
-    assert codes == [401, 401, 401]
-    r = gw.get(f"reconfig/{GATEWAY_KEY}")  # even the right key waits now
-    assert r.status_code == 429
+    logger = logging.getLogger("apirouter")
+    collected = Collected()
+    logger.addHandler(collected)  # after start: the app sets the logger's handlers
+    try:
+        codes = [gw.get(f"reconfig/guess-{i}").status_code for i in range(10)]
+        r = gw.http.post(f"{gw.url}/reconfig", headers={"x-api-gateway-key": "guess"},
+                         timeout=10)
+        right = gw.get(f"reconfig/{GATEWAY_KEY}")
+        after = gw.get("reconfig/guess-again")
+    finally:
+        logger.removeHandler(collected)
+    assert codes == [401] * 3 + [429] * 7
+    assert r.status_code == 429 and r.json()["error"]["code"] == "TooManyAttempts"
     assert 1 <= int(r.headers["retry-after"]) <= 60
-    assert r.json()["error"]["code"] == "TooManyAttempts"
+    assert right.status_code == 200  # never refused
+    assert after.status_code == 429  # and it cleared nothing
+    # one line per wrong key within the allowance, then one for the rest
+    assert [m for m in collected.messages if "reconfiguration" in m] == [
+        "reconfiguration refused: wrong gateway key"] * 3 + [
+        "reconfiguration refused: too many wrong gateway keys from one address; the next ones "
+        "within 60 s get 429 and no log line"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_throttle_counts_per_address_over_a_sliding_minute():
+    clock = Clock()
+    throttle = WrongKeyThrottle(limit=2, seconds=60.0, clock=clock)
+    assert throttle.failed("a") == Verdict(0.0)
+    clock.now += 10
+    assert throttle.failed("a") == Verdict(0.0)
+    assert throttle.failed("b") == Verdict(0.0)  # another address has its own allowance
+    clock.now += 5
+    assert throttle.failed("a") == Verdict(45.0, announce=True)
+    assert throttle.failed("a") == Verdict(45.0, announce=False)
+    clock.now += 45  # the first wrong key leaves the window: one more 401
+    assert throttle.failed("a") == Verdict(0.0)
+    assert throttle.failed("a") == Verdict(10.0, announce=True)
+
+
+def test_the_throttle_forgets_the_oldest_addresses_past_its_bound(monkeypatch):
+    monkeypatch.setattr(WrongKeyThrottle, "MAX_ADDRESSES", 3)
+    throttle = WrongKeyThrottle(limit=1, clock=Clock())
+    throttle.failed("a")
+    assert throttle.failed("a").wait  # over its allowance
+    for address in ("b", "c", "d"):
+        throttle.failed(address)
+    assert throttle.failed("a") == Verdict(0.0)  # forgotten, so counted afresh
 
 
 def test_config_file_changes_are_picked_up_when_watched(fake, start_gateway):

@@ -27,6 +27,15 @@ def test_defaults_apply(env):
     assert "test-gateway-key" not in repr(s)
 
 
+def test_failover_bounds_keep_ordinary_lists_as_the_original(env):
+    """Every endpoint of a list of a few is tried, with minutes to do it."""
+    s = Settings.from_env(env)
+    assert (s.max_attempts, s.failover_timeout) == (10, 300.0)
+    s = Settings.from_env({**env, "API_GATEWAY_MAX_ATTEMPTS": "3",
+                           "API_GATEWAY_FAILOVER_TIMEOUT": "2.5"})
+    assert (s.max_attempts, s.failover_timeout) == (3, 2.5)
+
+
 def test_fractional_interval_and_original_log_spellings(env):
     s = Settings.from_env({**env, "API_GATEWAY_METRICS_CINTERVAL": "0.5",
                            "API_GATEWAY_LOG_LEVEL": "fatal"})
@@ -49,6 +58,8 @@ def test_each_required_variable_is_named_when_missing(env, name):
     ("API_GATEWAY_PORT", "70000"), ("API_GATEWAY_LOG_LEVEL", "loud"),
     ("API_GATEWAY_ENV", "a/b"), ("API_GATEWAY_THREADS", "0"), ("API_GATEWAY_KEY", "  "),
     ("API_GATEWAY_READ_TIMEOUT", "-1"), ("API_GATEWAY_LOG_FORMAT", "xml"),
+    ("API_GATEWAY_MAX_ATTEMPTS", "0"), ("API_GATEWAY_MAX_ATTEMPTS", "2.5"),
+    ("API_GATEWAY_FAILOVER_TIMEOUT", "0"), ("API_GATEWAY_FAILOVER_TIMEOUT", "nan"),
 ])
 def test_malformed_values_are_named(env, name, value):
     with pytest.raises(SettingsError, match=f"^{name} "):
@@ -69,6 +80,30 @@ def test_every_problem_is_listed_at_once(env):
     )
     assert str(caught.value) == "; ".join(caught.value.problems)
     assert SettingsError("one problem").problems == ("one problem",)
+
+
+@pytest.mark.parametrize("key", ["change-me", "fifteen-chars-x", "a" * 40, "ab" * 20,
+                                 "1234567" * 3, "  short-key  "])
+def test_a_weak_gateway_key_is_refused_without_being_shown(env, key):
+    with pytest.raises(SettingsError, match=r"^API_GATEWAY_KEY is too weak: give at least 16 "
+                                            r"characters, 8 of them different") as info:
+        Settings.from_env({**env, "API_GATEWAY_KEY": key})
+    assert key.strip() not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["test-gateway-key-6f1e", "demo-key-not-a-secret",
+                                 "bench-reload-key", "fake-gateway-key-for-ci",
+                                 "Zq3_kW9-pX2mV7rT1yB4nH6cJ8dF0gLs"])
+def test_the_keys_of_tests_demo_bench_and_chart_ci_are_strong_enough(env, key):
+    assert Settings.from_env({**env, "API_GATEWAY_KEY": key}).gateway_key == key
+
+
+def test_a_weak_gateway_key_stops_start_up_in_one_line(env):
+    result = run_wsgi({**env, "API_GATEWAY_KEY": "change-me"})
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("apirouter: cannot start: API_GATEWAY_KEY is too weak")
+    assert "change-me" not in line
 
 
 def test_unknown_gateway_variables_are_reported(env):

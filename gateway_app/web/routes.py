@@ -13,6 +13,7 @@ from flask import Response, current_app, g, jsonify, request
 from ..config import ConfigError
 from ..errors import json_error
 from ..gateway import Gateway
+from ..json_depth import MAX_JSON_DEPTH, nests_deeper
 from ..keys import same_secret
 from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from ..routing.proxy import Call, ClientAnswer
@@ -66,12 +67,19 @@ def read_call(json_only: bool = True) -> Call | Response:
         payload = json.loads(body)
     except ValueError as exc:
         return json_error(400, "InvalidRequest", f"The request body is not valid JSON: {exc}")
-    except RecursionError:
-        return json_error(400, "InvalidRequest", "The request body is nested too deeply.")
+    except RecursionError:  # far deeper than the bound: json gave up on its own
+        return _too_deep()
     if not isinstance(payload, dict):
         return json_error(400, "InvalidRequest", "The request body must be a JSON object.")
+    if nests_deeper(payload):
+        return _too_deep()
     return Call(body=body, payload=payload, headers=forwarded, request_id=rid,
                 client=g.get("client"))
+
+
+def _too_deep() -> Response:
+    return json_error(400, "InvalidRequest", "The request body is nested too deeply: arrays and "
+                      f"objects more than {MAX_JSON_DEPTH} levels deep.")
 
 
 def relay(answer: ClientAnswer) -> Response:
@@ -148,19 +156,28 @@ def reconfig() -> Response:
 
 
 def _reconfigure(key: str | None) -> Response:
+    """Reload with the right key, whatever came before from the same address; a wrong key gets
+    401, or 429 once its address is past API_GATEWAY_RECONFIG_MAX_FAILURES in a minute."""
     gw = gateway()
+    if key and same_secret(key, gw.settings.gateway_key):
+        return _reload(gw)
     address = request.remote_addr or "-"
-    wait = gw.reconfig_lockout.remaining(address)
-    if wait:
-        return json_error(429, "TooManyAttempts",
-                          f"Too many wrong gateway keys; retry after {whole_seconds(wait)} s.",
-                          [("retry-after", str(whole_seconds(wait)))])
-    if not key or not same_secret(key, gw.settings.gateway_key):
-        gw.reconfig_lockout.failed(address)
-        log.warning("reconfiguration refused: wrong gateway key",
-                    extra={"fields": {"client_address": address}})
+    verdict = gw.reconfig_throttle.failed(address)
+    fields = {"fields": {"client_address": address}}
+    if not verdict.wait:
+        log.warning("reconfiguration refused: wrong gateway key", extra=fields)
         return json_error(401, "Unauthorized", "Wrong gateway key; the configuration is unchanged.")
-    gw.reconfig_lockout.succeeded(address)
+    wait = whole_seconds(verdict.wait)
+    if verdict.announce:
+        log.warning("reconfiguration refused: too many wrong gateway keys from one address; "
+                    "the next ones within %d s get 429 and no log line", wait, extra=fields)
+    return json_error(429, "TooManyAttempts",
+                      "Wrong gateway key, and too many from this address; the configuration is "
+                      f"unchanged. Retry after {wait} s.", [("retry-after", str(wait))])
+
+
+def _reload(gw: Gateway) -> Response:
+    """Re-read the file: 200 with the new list, or 400 naming the problem (nothing changed)."""
     try:
         count = gw.reload()
     except ConfigError as exc:

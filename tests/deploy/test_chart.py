@@ -501,6 +501,7 @@ def test_numbers_keep_their_form(chart_tools: ChartTools) -> None:
         (["metricsCHistory=601"], "metricsCHistory"),
         (["metricsCInterval=0"], "metricsCInterval"),
         (["logLevel=verbose"], "logLevel"),
+        (["secretKey=too-short"], "secretKey"),
         (["threads=20000"], "threads"),
         (["replicaCunt=2"], "replicaCunt"),
         (["autoscaling.enabled=true", "autoscaling.maxReplicas=1"], "maxReplicas"),
