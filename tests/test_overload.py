@@ -118,8 +118,9 @@ def test_no_admin_listener_unless_a_port_is_set(fake: Callable[..., FakeBackend]
 
 def test_sigterm_drains_the_main_port_and_stops_both(tmp_path: Any,
                                                      fake: Callable[..., FakeBackend]) -> None:
-    backend = fake().script(stream([*(sse_event(chunk(i, "x")) for i in range(8)), DONE_EVENT],
-                                   gap=0.25))
+    # about 5 s long, so the drain is still under way when the admin port is asked
+    backend = fake().script(stream([*(sse_event(chunk(i, "x")) for i in range(16)),
+                                    DONE_EVENT], gap=0.3))
     admin_port = free_port()
     with wsgi_process(tmp_path, [backend], API_GATEWAY_ADMIN_PORT=str(admin_port),
                       API_GATEWAY_SHUTDOWN_GRACE="20") as (proc, prefix, port):
@@ -270,8 +271,8 @@ def test_slow_clients_are_cut_off_at_the_deadline_while_calls_are_served(
     assert backend.calls == len(served)  # no slow request ever reached the deployment
     lasted = [c.closed_at - started for c in slow_clients if c.closed_at is not None]
     assert len(lasted) == 50, "some slow clients were still connected after 8 s"
-    # the deadline (2 s), checked every second by waitress's cleanup pass
-    assert min(lasted) >= 1.9 and max(lasted) <= 5.0, lasted
+    # the deadline (2 s), checked every second by waitress's cleanup pass (and some slack)
+    assert min(lasted) >= 1.9 and max(lasted) <= 6.0, lasted
     for client in slow_clients:
         assert client.answer.startswith(b"HTTP/1.1 408 "), client.answer[:60]
         assert json.loads(client.answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == \
