@@ -7,6 +7,7 @@ import os
 
 from flask import Flask
 
+from .admission import release_admitted
 from .errors import register_error_handlers
 from .gateway import Gateway
 from .logs import configure_logging
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["apirouter"] = gw
     app.register_blueprint(bp)
+    app.wsgi_app = release_admitted(app.wsgi_app)  # type: ignore[method-assign]
     register_error_handlers(app)
     if not gw.client_keys.enabled:
         log.warning("no client keys configured: every route is open to anyone who can reach "

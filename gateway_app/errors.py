@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("apirouter")
@@ -20,6 +20,11 @@ _CODES = {400: "InvalidRequest", 401: "Unauthorized", 404: "NotFound", 405: "Met
 
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def too_large(limit: int | None) -> str:
+    """The message of a 413, whichever of Flask and waitress answers it."""
+    return f"The request body is larger than the gateway's limit of {limit} bytes."
 
 
 def json_error(status: int, code: str, message: str,
@@ -35,8 +40,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        response = json_error(status, _CODES.get(status, "HttpError"),
-                              exc.description or exc.name)
+        message = (too_large(current_app.config.get("MAX_CONTENT_LENGTH")) if status == 413
+                   else exc.description or exc.name)
+        response = json_error(status, _CODES.get(status, "HttpError"), message)
         allowed = getattr(exc, "valid_methods", None)
         if status == 405 and allowed:
             response.headers["Allow"] = ", ".join(allowed)

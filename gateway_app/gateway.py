@@ -10,6 +10,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from .admission import Admission, admission_limit
 from .capacity.history_file import HistoryFile
 from .collector import IntervalCollector
 from .config import GatewayConfig, load_config
@@ -53,6 +54,8 @@ class Gateway:
         self.reconfig_throttle = WrongKeyThrottle(settings.reconfig_max_failures, seconds=60.0)
         self.telemetry = Telemetry(self.registry)
         self.proxy = Proxy(self.registry, settings, self.telemetry)
+        self.admission = Admission(admission_limit(settings.threads, settings.max_in_progress))
+        self.telemetry.prometheus.register(self.admission.collector())
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds)
         if settings.metrics_history_file:  # closed intervals kept on disk for capacity planning
             self.collector.sinks.append(HistoryFile.from_settings(settings))

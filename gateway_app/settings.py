@@ -210,6 +210,29 @@ class Settings:
     metrics_history_file_max_bytes: int = var("API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES",
                                               _number(0, integer=True), 64 * MIB)
 
+    # --- optional, new: staying up under overload ---
+    # A second listener, on the same host, with its own threads, serving only the probes,
+    # metrics, instance information, capacity, dashboard, OpenAPI document and
+    # reconfiguration, so they answer while every worker of the main port is busy. 0: off
+    # (one port, as in the original). The main port keeps serving those routes either way.
+    admin_port: int = var("API_GATEWAY_ADMIN_PORT", _number(0, 65535, integer=True), 0)
+    # worker threads of the admin listener; a probe or a scrape takes milliseconds, so four
+    # serve a kubelet, Prometheus and an operator at once.
+    admin_threads: int = var("API_GATEWAY_ADMIN_THREADS", _number(1, 256, integer=True), 4)
+    # calls in progress at once (streams until their last byte) beyond which a call gets an
+    # immediate 503 with retry-after instead of a place in waitress's queue, where it would
+    # wait for a thread. Probes and admin routes are never refused. 0: THREADS minus an
+    # eighth of them (at least 1, at most 16), so a free worker answers refusals and probes
+    # at once (waitress hands a request over only when a thread is free). A value of THREADS
+    # or more turns refusals off: calls queue, as before this setting.
+    max_in_progress: int = var("API_GATEWAY_MAX_IN_PROGRESS", _number(0, integer=True), 0)
+    # seconds from a request's first byte to its last (line, headers and body). A client
+    # that has not sent a whole request by then gets a 408 and is disconnected, so half-sent
+    # requests cannot hold connections; waitress's own timeout only measures silence, which a
+    # byte every few seconds resets. 60 s: nginx's client_header_timeout; a 20 MiB body
+    # arrives in time at 3 Mbit/s.
+    request_read_timeout: float = var("API_GATEWAY_REQUEST_READ_TIMEOUT", _positive, 60.0)
+
     # --- container information, shown by /instanceinfo ---
     image_id: str = var("IMAGE_ID", _optional, "")
     node_name: str = var("NODE_NAME", _optional, "")
@@ -220,6 +243,11 @@ class Settings:
     # API_GATEWAY_* variables (in any case) that name no setting, typos most likely; reported
     # at start-up with unknown_name_warning()
     unknown_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.admin_port and self.admin_port == self.port:
+            raise SettingsError("API_GATEWAY_ADMIN_PORT must differ from API_GATEWAY_PORT, "
+                                f"both are {self.port}")
 
     @property
     def route_prefix(self) -> str:

@@ -52,7 +52,8 @@ def answer(status: int, body: dict | None = None, **headers: str) -> BackendRepl
 def make_proxy(tmp_path) -> Callable[..., tuple[Proxy, Registry]]:
     def make(*transports: StubTransport) -> tuple[Proxy, Registry]:
         settings = Settings.from_env({
-            "API_GATEWAY_KEY": "unit-test-gateway-key-1", "API_GATEWAY_CONFIG_FILE": str(tmp_path / "c.json"),
+            "API_GATEWAY_KEY": "unit-test-gateway-key-1",
+            "API_GATEWAY_CONFIG_FILE": str(tmp_path / "c.json"),
             "API_GATEWAY_NAME": "unit", "API_GATEWAY_ENV": "unit",
             "API_GATEWAY_METRICS_CINTERVAL": "1", "API_GATEWAY_METRICS_CHISTORY": "2"})
         registry = Registry(4, 2, settings.failure_cooldown, settings.failure_cooldown_max,

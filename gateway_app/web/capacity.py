@@ -15,6 +15,7 @@ from pathlib import Path
 from flask import Response, jsonify, request, send_from_directory
 
 from ..capacity import report as planning
+from .admin import admin_route
 from .auth import open_route
 from .blueprint import api
 from .routes import gateway
@@ -26,6 +27,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
 
 
 @api.get("/capacity")
+@admin_route
 def capacity() -> Response:
     gw = gateway()
     report = planning.live_report(gw.metrics(request.path), gw.config.sections.get("capacity"))
@@ -40,12 +42,14 @@ def _protect(response: Response) -> Response:
 
 
 @api.get("/dashboard")
+@admin_route
 @open_route  # the page and its assets hold no data; its script asks for a key
 def dashboard() -> Response:
     return _protect(send_from_directory(DASHBOARD_DIR, "index.html", max_age=0))
 
 
 @api.get("/dashboard/<name>")
+@admin_route
 @open_route
 def dashboard_asset(name: str) -> Response:
     return _protect(send_from_directory(DASHBOARD_DIR, name, max_age=0))

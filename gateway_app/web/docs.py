@@ -10,6 +10,7 @@ from typing import Any
 from flask import Response
 
 from ..errors import json_error
+from .admin import admin_route
 from .blueprint import api
 
 DOCUMENT = Path(__file__).with_name("openapi.yaml")
@@ -33,11 +34,13 @@ def document_json() -> bytes | None:
 
 
 @api.get("/openapi.yaml")
+@admin_route
 def openapi_yaml() -> Response:
     return Response(document_text(), content_type="application/yaml; charset=utf-8")
 
 
 @api.get("/openapi.json")
+@admin_route
 def openapi_json() -> Response:
     body = document_json()
     if body is None:

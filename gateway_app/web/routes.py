@@ -19,6 +19,7 @@ from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from ..routing.proxy import Call, ClientAnswer
 from ..routing.retry_after import whole_seconds
 from ..routing.telemetry import CONTENT_TYPE
+from .admin import admin_route
 from .auth import is_open, open_route, presented_key
 from .blueprint import api, bp
 
@@ -113,16 +114,19 @@ def _no_endpoints() -> Response:
 
 
 @api.get("/instanceinfo")
+@admin_route
 def instance_info() -> Response:
     return jsonify(gateway().instance_info(request.path))
 
 
 @api.get("/metrics")
+@admin_route
 def metrics() -> Response:
     return jsonify(gateway().metrics(request.path))
 
 
 @api.get("/healthz")
+@admin_route
 @open_route  # Kubernetes probes send no key
 def healthz() -> Response:
     gw = gateway()
@@ -130,6 +134,7 @@ def healthz() -> Response:
 
 
 @api.get("/readyz")
+@admin_route
 @open_route
 def readyz() -> Response:
     ready, states = gateway().readiness()
@@ -139,17 +144,20 @@ def readyz() -> Response:
 
 
 @api.get("/prometheus")
+@admin_route
 def prometheus() -> Response:
     return Response(gateway().telemetry.render(), content_type=CONTENT_TYPE)
 
 
 @api.get("/reconfig/<path:key>")
+@admin_route
 def reconfig_in_path(key: str) -> Response:
     """The original's form; the key in the path never reaches our logs."""
     return _reconfigure(key)
 
 
 @api.post("/reconfig")
+@admin_route
 def reconfig() -> Response:
     """The safer form: the key in a header, out of URLs and proxies' access logs."""
     return _reconfigure(request.headers.get(GATEWAY_KEY_HEADER))

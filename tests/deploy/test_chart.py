@@ -195,10 +195,14 @@ def test_gateway_settings_come_from_values(default_objects: dict[str, dict]) -> 
     assert values["API_GATEWAY_METRICS_CHISTORY"] == "168"
     assert values["API_GATEWAY_PORT"] == "8000"
     assert values["API_GATEWAY_SHUTDOWN_GRACE"] == "25"
+    assert values["API_GATEWAY_ADMIN_PORT"] == "8081"
     # Left to the gateway's own defaults unless given.
     for name in (
         "API_GATEWAY_THREADS",
         "API_GATEWAY_CONNECTION_LIMIT",
+        "API_GATEWAY_ADMIN_THREADS",
+        "API_GATEWAY_MAX_IN_PROGRESS",
+        "API_GATEWAY_REQUEST_READ_TIMEOUT",
         "API_GATEWAY_LOG_FORMAT",
         "API_GATEWAY_CONFIG_WATCH_SECONDS",
         "API_GATEWAY_METRICS_HISTORY_FILE",
@@ -234,13 +238,36 @@ def test_downward_api_fills_container_info(default_objects: dict[str, dict]) -> 
     }
 
 
-def test_probes_ask_the_health_routes(default_objects: dict[str, dict]) -> None:
+def test_probes_ask_the_health_routes_on_the_admin_port(default_objects: dict[str, dict]
+                                                        ) -> None:
     container = container_of(default_objects["Deployment"])
     base = "/api/v1/dev/apirouter"
-    assert container["livenessProbe"]["httpGet"] == {"path": f"{base}/healthz", "port": "http"}
-    assert container["startupProbe"]["httpGet"] == {"path": f"{base}/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": f"{base}/readyz", "port": "http"}
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": f"{base}/healthz", "port": "admin"}
+    assert container["startupProbe"]["httpGet"] == {"path": f"{base}/healthz", "port": "admin"}
+    assert container["readinessProbe"]["httpGet"] == {"path": f"{base}/readyz", "port": "admin"}
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"},
+                                  {"name": "admin", "containerPort": 8081, "protocol": "TCP"}]
+
+
+def test_without_the_admin_port_the_probes_ask_the_main_port(chart_tools: ChartTools) -> None:
+    objects = by_kind(load(chart_tools, render(chart_tools, None, "adminPort=0")))
+    container = container_of(objects["Deployment"])
+    for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert "API_GATEWAY_ADMIN_PORT" not in env_of(container)
+
+
+def test_the_admin_port_is_on_no_service_and_no_ingress(all_on_objects: dict[str, dict]
+                                                        ) -> None:
+    container = container_of(all_on_objects["Deployment"])
+    assert {"name": "admin", "containerPort": 9001, "protocol": "TCP"} in container["ports"]
+    assert env_of(container)["API_GATEWAY_ADMIN_PORT"]["value"] == "9001"
+    # the Service (a LoadBalancer here) would publish any port it names
+    assert [p["targetPort"] for p in all_on_objects["Service"]["spec"]["ports"]] == ["http"]
+    for rule in all_on_objects["Ingress"]["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"]["port"] == {"name": "http"}
 
 
 def test_pod_is_locked_down(default_objects: dict[str, dict]) -> None:
@@ -446,6 +473,9 @@ def test_all_on_settings_reach_the_pod(all_on_objects: dict[str, dict]) -> None:
     assert env["API_GATEWAY_SHUTDOWN_GRACE"] == "60"
     assert env["API_GATEWAY_CONFIG_WATCH_SECONDS"] == "30"
     assert env["API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES"] == "33554432"
+    assert env["API_GATEWAY_ADMIN_THREADS"] == "8"
+    assert env["API_GATEWAY_MAX_IN_PROGRESS"] == "100"
+    assert env["API_GATEWAY_REQUEST_READ_TIMEOUT"] == "30"
     # One history file per pod, on the claim; $(POD_NAME) needs POD_NAME defined before it.
     names = [e["name"] for e in container["env"]]
     assert env["API_GATEWAY_METRICS_HISTORY_FILE"] == "/var/lib/apirouter/history-$(POD_NAME).jsonl"
@@ -503,6 +533,8 @@ def test_numbers_keep_their_form(chart_tools: ChartTools) -> None:
         (["logLevel=verbose"], "logLevel"),
         (["secretKey=too-short"], "secretKey"),
         (["threads=20000"], "threads"),
+        (["adminPort=8000"], "adminPort"),
+        (["adminPort=70000"], "adminPort"),
         (["replicaCunt=2"], "replicaCunt"),
         (["autoscaling.enabled=true", "autoscaling.maxReplicas=1"], "maxReplicas"),
     ],
@@ -538,6 +570,7 @@ def test_notes_show_the_curl_to_try(chart_tools: ChartTools, tmp_path: Path) -> 
     assert "curl -s http://127.0.0.1:8080/api/v1/dev/apirouter/healthz" in notes
     assert "curl -s http://127.0.0.1:8080/api/v1/dev/apirouter/lb" in notes
     assert "apiKeys is empty" in notes
+    assert f"port-forward deployment/{FULLNAME} 8081:8081" in notes
 
 
 def test_notes_with_ingress(chart_tools: ChartTools, tmp_path: Path) -> None:
