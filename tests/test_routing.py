@@ -239,3 +239,18 @@ def test_a_thousand_faults_in_a_row_still_fail_over(fake, start_gateway):
     assert statuses == {200: 1100}
     assert gw.gateway.current.lb[0].backend.fault_streak == 1100
     assert gw.gateway.current.lb[0].backend.in_flight == 0
+
+
+def test_a_call_tries_at_most_max_attempts_deployments(fake, start_gateway):
+    failing = [fake(default=reply(500)) for _ in range(6)]
+    gw = start_gateway(failing, env={"API_GATEWAY_MAX_ATTEMPTS": "3"})
+    r = gw.lb()
+    assert r.status_code == 503
+    assert [f.calls for f in failing] == [1, 1, 1, 0, 0, 0]
+
+
+def test_no_attempt_starts_after_the_failover_timeout(fake, start_gateway):
+    slow = [fake(default=reply(500, delay=0.4)) for _ in range(5)]
+    gw = start_gateway(slow, env={"API_GATEWAY_FAILOVER_TIMEOUT": "0.5"})
+    assert gw.lb().status_code == 503
+    assert sum(f.calls for f in slow) == 2  # started at 0 s and 0.4 s; not at 0.8 s

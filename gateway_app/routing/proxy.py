@@ -145,9 +145,17 @@ class Proxy:
     def forward(self, call: Call, entries: Sequence[PoolEntry],
                 target: Callable[[PoolEntry], str] = _own_url,
                 client_gone: Callable[[], bool] = lambda: False) -> ClientAnswer:
-        """Try ``entries`` in order; ``target`` gives each one's URL (by default its own)."""
+        """Try ``entries`` in order; ``target`` gives each one's URL (by default its own).
+
+        At most API_GATEWAY_MAX_ATTEMPTS are tried, and none is started after
+        API_GATEWAY_FAILOVER_TIMEOUT from the call's arrival, so a long list of failing
+        deployments cannot hold a worker for the sum of their timeouts.
+        """
         attempts = Attempts()
+        deadline = call.started + self.settings.failover_timeout
         for entry in entries:
+            if len(attempts) >= self.settings.max_attempts or time.monotonic() > deadline:
+                break
             lease = self.registry.acquire(entry)
             if lease is None:
                 continue
