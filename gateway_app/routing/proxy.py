@@ -239,14 +239,17 @@ class Proxy:
         length = response.headers.get("content-length", "")
         if not decode and length.isdigit() and int(length) > limit:
             raise ResponseTooLarge
+        raw = response.raw
         chunks, size = [], 0
-        while chunk := response.raw.read1(READ_SIZE, decode_content=decode):
+        while chunk := raw.read1(READ_SIZE, decode_content=decode):
             size += len(chunk)
             if size > limit:
                 raise ResponseTooLarge
             if time.monotonic() > deadline:
                 raise DeadlinePassed
             chunks.append(chunk)
+            if raw.length_remaining == 0 and not decode:  # whole: spare a read that finds EOF
+                break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self, lease: Lease, call: Call, attempts: Attempts,

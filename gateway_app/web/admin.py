@@ -9,11 +9,12 @@ route is a call: it is counted against the bound on calls in progress
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from ..admission import Admission
 from ..errors import error_body, json_error
 from ..routing.headers import REQUEST_ID, REQUEST_ID_KEY, request_id
 
@@ -33,14 +34,11 @@ def is_admin(view: Callable | None) -> bool:
     return getattr(view, ADMIN_ATTRIBUTE, False)
 
 
-def admit() -> Response | None:
+def admit(admission: Admission, environ: dict[str, Any]) -> Response | None:
     """Admit a call, or refuse it at once with 503 when the gateway is at its limit."""
-    if is_admin(current_app.view_functions.get(request.endpoint or "")):
+    if admission.admit(environ):
         return None
-    admission = current_app.extensions["apirouter"].admission
-    if admission.admit(request.environ):
-        return None
-    rid = request_id(request.environ.get(REQUEST_ID_KEY))
+    rid = request_id(environ.get(REQUEST_ID_KEY))
     return json_error(503, "Overloaded",
                       f"The gateway is serving as many calls as it can ({admission.limit}); "
                       f"retry after {RETRY_AFTER_SECONDS} s.",

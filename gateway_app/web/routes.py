@@ -19,7 +19,7 @@ from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from ..routing.proxy import Call, ClientAnswer
 from ..routing.retry_after import whole_seconds
 from ..routing.telemetry import CONTENT_TYPE
-from .admin import admin_route
+from .admin import admin_route, admit, is_admin
 from .auth import is_open, open_route, presented_key
 from .blueprint import api, bp
 
@@ -33,19 +33,22 @@ def gateway() -> Gateway:
 
 
 @bp.before_request
-def authenticate() -> Response | None:
-    """When client keys are configured, every route but those marked open needs one."""
-    keys = gateway().client_keys
-    if not keys.enabled or is_open(current_app.view_functions.get(request.endpoint or "")):
-        return None
-    name = keys.identify(presented_key(request.headers))
-    if name is None:
-        return json_error(401, "Unauthorized",
-                          "A valid client key is required, sent as the api-key header or "
-                          "as Authorization: Bearer <key>.",
-                          [("WWW-Authenticate", 'Bearer realm="apirouter"')])
-    g.client = name
-    return None
+def check_request() -> Response | None:
+    """Every request passes here once. When client keys are configured, every route but those
+    marked open needs one; then every route but those marked admin is a call, counted against
+    the bound on calls in progress (after the key check, so a 401 is never counted)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    gw = gateway()
+    keys = gw.client_keys
+    if keys.enabled and not is_open(view):
+        name = keys.identify(presented_key(request.headers))
+        if name is None:
+            return json_error(401, "Unauthorized",
+                              "A valid client key is required, sent as the api-key header or "
+                              "as Authorization: Bearer <key>.",
+                              [("WWW-Authenticate", 'Bearer realm="apirouter"')])
+        g.client = name
+    return None if is_admin(view) else admit(gw.admission, request.environ)
 
 
 def read_call(json_only: bool = True) -> Call | Response:
