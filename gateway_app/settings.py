@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from urllib.parse import urlsplit
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
