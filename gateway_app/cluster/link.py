@@ -307,6 +307,8 @@ class ClusterLink:
         while not self._stop.is_set():
             pubsub = None
             try:
+                # connections pooled before an outage may be dead: open new ones
+                self.redis.connection_pool.disconnect(inuse_connections=False)
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)  # first, so nothing published after is missed
                 self._read_state()

@@ -470,6 +470,7 @@ class Registry:
                      "cooldownSeconds": round(e.backend.remaining(now), 3),
                      "reason": (e.backend.cooldown_reason
                                 if e.backend.cooldown_until > now else ""),
+                     "faultStreak": e.backend.fault_streak,
                      "inFlight": e.backend.in_flight} for e in entries]
 
     def close(self) -> None:
