@@ -25,7 +25,7 @@ from tests.conftest import GATEWAY_KEY, base_env, write_config
 from tests.fakes import wait_until
 from tests.tools import REPO_ROOT, missing_tool
 
-INSTALL_REDIS = "apt-get install -y redis-server (or bash scripts/install-ci-tools.sh --redis)"
+INSTALL_REDIS = "bash scripts/install-ci-tools.sh --redis (as root), or apt-get install redis-server"
 
 
 def free_port() -> int:
