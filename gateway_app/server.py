@@ -12,6 +12,7 @@ import contextlib
 import logging
 import resource
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +31,7 @@ WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
 def waitress_options(settings: Settings) -> dict[str, Any]:
     """Adjustments for waitress, each explained in the README's tuning section."""
-    return {
+    options = {
         "host": settings.host,
         "port": settings.port,
         "threads": settings.threads,
@@ -46,6 +47,14 @@ def waitress_options(settings: Settings) -> dict[str, Any]:
         "ident": "apirouter",
         "clear_untrusted_proxy_headers": True,
     }
+    if settings.reuse_port:  # several processes on one port: bind it ourselves, shared
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind((options.pop("host"), options.pop("port")))
+        options["sockets"] = [listener]
+    return options
 
 
 class InFlight:

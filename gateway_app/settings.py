@@ -123,6 +123,13 @@ def redacted_url(url: str) -> str:
     return f"{parts.scheme}://{auth}{parts.hostname}{port}{parts.path}"
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"must be on or off, got {raw!r}")
+    return value in ("on", "true", "1", "yes")
+
+
 def _redis_prefix(raw: str) -> str:
     if raw.strip() and not re.fullmatch(r"[A-Za-z0-9:._{}-]{1,64}", raw.strip()):
         raise ValueError("must be 1 to 64 letters, digits or ':', '.', '_', '-', '{', '}'")
@@ -230,6 +237,11 @@ class Settings:
     # seconds between writes of this replica's metrics to Redis: how old the cluster view of
     # /metrics may be. Each write is a few Redis operations, whatever the call rate.
     redis_sync_seconds: float = var("API_GATEWAY_REDIS_SYNC_SECONDS", _positive, 1.0)
+    # several `python wsgi.py` on one host listening on the same port (SO_REUSEPORT; the
+    # kernel spreads new connections over them), so one VM's cores can all serve; with
+    # Redis as their shared state they act as one gateway. Off: a second process on the
+    # port fails to start, as before.
+    reuse_port: bool = var("API_GATEWAY_REUSE_PORT", _flag, False)
 
     # --- container information, shown by /instanceinfo ---
     image_id: str = var("IMAGE_ID", _optional, "")

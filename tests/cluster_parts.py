@@ -25,7 +25,7 @@ from tests.conftest import GATEWAY_KEY, base_env, write_config
 from tests.fakes import wait_until
 from tests.tools import REPO_ROOT, missing_tool
 
-INSTALL_REDIS = "bash scripts/install-ci-tools.sh --redis (as root), or apt-get install redis-server"
+INSTALL_REDIS = "bash scripts/install-ci-tools.sh --redis (as root)"
 
 
 def free_port() -> int:
@@ -93,9 +93,10 @@ class Replica:
     """``python wsgi.py`` with Redis, in front of ``endpoints``, on a free port."""
 
     def __init__(self, workdir: Path, name: str, endpoints: list[Any], redis_url: str,
-                 sections: dict[str, Any] | None = None, **env: str) -> None:
+                 sections: dict[str, Any] | None = None, port: int | None = None,
+                 **env: str) -> None:
         self.name = name
-        self.port = free_port()
+        self.port = port or free_port()
         self.config_file = write_config(workdir / f"{name}.json", endpoints, sections)
         self.log_file = workdir / f"{name}.log"
         full_env = {**os.environ, **base_env(self.config_file),

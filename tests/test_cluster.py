@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.cluster_parts import RedisServer, Replica, as_text, redis_dump
+from tests.cluster_parts import RedisServer, Replica, as_text, free_port, redis_dump
 from tests.conftest import GATEWAY_KEY
 from tests.fakes import reply, reset, throttle, wait_until
 
@@ -346,3 +346,25 @@ def test_no_key_of_any_kind_reaches_redis(tmp_path, fake):
         for replica in started:
             replica.stop()
         server.stop()
+
+
+def test_several_processes_share_one_port_with_redis_as_their_state(
+        tmp_path, fake, redis_server, replicas):
+    primary, secondary = fake().script(throttle("30")), fake()
+    port = free_port()
+    for name in ("p1", "p2"):
+        replicas.append(Replica(tmp_path, name, [primary, secondary], redis_server.url,
+                                port=port, API_GATEWAY_REUSE_PORT="on"))
+    url = replicas[0].url
+    names: set[str] = set()
+
+    def both_answer() -> bool:  # a new connection each time: the kernel spreads them
+        names.add(requests.get(f"{url}/instanceinfo", timeout=5,
+                               headers={"connection": "close"}).json()["serverName"])
+        return names == {"p1", "p2"}
+
+    wait_until(both_answer, timeout=20, interval=0.01)  # p2 may still be starting
+    for _ in range(6):
+        assert requests.post(f"{url}/lb", json={}, timeout=5,
+                             headers={"connection": "close"}).status_code == 200
+    assert primary.calls == 1  # its 429 benched it for both processes
