@@ -66,8 +66,9 @@ class MetricsView:
         self.horizon = interval * (history_size + 1) + 60.0
         # a replica that wrote within this is "live" (it writes every sync_seconds)
         self.live_within = 3 * sync_seconds + 2.0
-        self._lock = threading.Lock()  # guards _written
+        self._lock = threading.Lock()  # guards _written and _newest
         self._written: set[str] = set()  # history fields already in Redis
+        self._newest = float("-inf")  # start of the newest of them
 
     @property
     def replicas_key(self) -> str:
@@ -83,6 +84,7 @@ class MetricsView:
         """Redis may have lost everything (a restart): write every closed interval again."""
         with self._lock:
             self._written.clear()
+            self._newest = float("-inf")
 
     def stage(self, pipe: Any) -> None:
         """Queue this replica's writes on a Redis pipeline (executed by the caller)."""
@@ -98,15 +100,21 @@ class MetricsView:
                "successApiCalls": figures["successApiCalls"],
                "failedApiCalls": figures["failedApiCalls"]}
         closed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        with self._lock:
+            newest = self._newest
         for e in entries:
-            for entry in e["history"]:
-                closed[_field(_start_of(entry))].append(
+            for entry in reversed(e["history"]):  # newest first: stop at what was written
+                start = _start_of(entry)
+                if start <= newest:
+                    break
+                closed[_field(start)].append(
                     {"pool": e["pool"], "endpoint": e["endpoint"], "priority": e["priority"],
                      "weight": e["weight"],
                      "counters": IntervalCounters.from_entry(entry).as_dict()})
         with self._lock:
             new = {k: v for k, v in closed.items() if k not in self._written}
             self._written.update(new)
+            self._newest = max([self._newest, *(float(k) for k in new)])
         ttl = max(1, round(self.horizon))
         pipe.set(self._doc_key(self.replica), json.dumps(doc, separators=(",", ":")), ex=ttl)
         pipe.zadd(self.replicas_key, {self.replica: now})
