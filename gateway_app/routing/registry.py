@@ -13,6 +13,11 @@ during network I/O. A reload builds a new :class:`Snapshot` (configuration, clie
 pools) and publishes it in one assignment; entries and backends still present keep their
 objects (state and metrics). A call in flight keeps what it holds; one whose entry or backend
 was removed by a reload is not started (:meth:`Registry.acquire` checks both).
+
+With replicas sharing state (gateway_app/cluster/), the registry stays the one holder of it:
+it tells ``cooldown_listeners`` when a backend enters a cooldown (after its lock is released;
+a listener only queues the event), and :meth:`Registry.apply_cooldown` takes another
+replica's cooldown (extending, never shortening). Routing reads only this local copy.
 """
 
 from __future__ import annotations
