@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +18,23 @@ log = logging.getLogger("apirouter")
 Sink = Callable[[list[dict[str, Any]]], None]
 
 
-class IntervalCollector:
-    """Closes the registry's metrics intervals every ``interval`` seconds, traffic or not."""
+def aligned_start(interval: float) -> Callable[[float], float]:
+    """Where the wall-clock interval that contains a moment starts: a multiple of
+    ``interval`` seconds since the epoch, the same on every replica."""
+    return lambda moment: math.floor(moment / interval) * interval
 
-    def __init__(self, registry: Registry, interval: float) -> None:
+
+class IntervalCollector:
+    """Closes the registry's metrics intervals every ``interval`` seconds, traffic or not.
+
+    ``aligned``: close on wall-clock multiples of the interval (replicas sharing metrics do,
+    so their intervals share collectionTime); else every interval from the start.
+    """
+
+    def __init__(self, registry: Registry, interval: float, aligned: bool = False) -> None:
         self.registry = registry
         self.interval = interval
+        self.aligned = aligned
         self.sinks: list[Sink] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-collector", daemon=True)
@@ -37,9 +49,9 @@ class IntervalCollector:
         if flush:
             self._close()
 
-    def _close(self) -> None:
+    def _close(self, now: float | None = None) -> None:
         try:
-            closed = self.registry.close_intervals()
+            closed = self.registry.close_intervals(now)
         except Exception:  # the thread must survive anything, or history stops
             log.exception("closing the metrics interval failed")
             return
@@ -50,6 +62,9 @@ class IntervalCollector:
                 log.exception("a metrics history sink failed")
 
     def _run(self) -> None:
+        if self.aligned:
+            self._run_aligned()
+            return
         # Deadlines advance by whole intervals so a slow close does not shift later windows.
         deadline = time.monotonic() + self.interval
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
@@ -58,3 +73,14 @@ class IntervalCollector:
             now = time.monotonic()
             if deadline < now:  # the process was suspended: skip missed windows
                 deadline = now + self.interval
+
+    def _run_aligned(self) -> None:
+        start = aligned_start(self.interval)
+        last = start(time.time())
+        while True:
+            # a wait may end a little early: never close the same boundary twice
+            boundary = max(start(time.time()) + self.interval, last + self.interval)
+            if self._stop.wait(max(0.0, boundary - time.time())):
+                return
+            self._close(boundary)
+            last = boundary

@@ -60,7 +60,7 @@ def _cleanup_interval(settings: Settings) -> int:
     return max(1, min(30, int(settings.request_read_timeout / 4)))
 
 
-def waitress_options(settings: Settings) -> dict[str, Any]:
+def _options(settings: Settings) -> dict[str, Any]:
     """Adjustments for waitress, each explained in the README's tuning section."""
     return {
         "host": settings.host,
@@ -82,9 +82,22 @@ def waitress_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def waitress_options(settings: Settings) -> dict[str, Any]:
+    """The main listener's adjustments; with API_GATEWAY_REUSE_PORT, its socket bound here."""
+    options = _options(settings)
+    if settings.reuse_port:  # several processes on one port: bind it ourselves, shared
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind((options.pop("host"), options.pop("port")))
+        options["sockets"] = [listener]
+    return options
+
+
 def admin_options(settings: Settings) -> dict[str, Any]:
     """Adjustments for the admin listener: a kubelet, Prometheus and operators, few at once."""
-    return {**waitress_options(settings),
+    return {**_options(settings),
             "port": settings.admin_port,
             "threads": settings.admin_threads,
             "connection_limit": 100,
@@ -211,11 +224,17 @@ class Listener:
         self.map: dict[int, Any] = {}
         self.adj = Adjustments(**options)
         self.dispatcher = ThreadedTaskDispatcher()
-        self.servers = [GatewayServer(app, self.map, dispatcher=self.dispatcher, adj=self.adj,
-                                      sockinfo=sockinfo,
-                                      read_timeout=settings.request_read_timeout,
-                                      body_limit=settings.max_body_bytes)
-                        for sockinfo in self.adj.listen]
+        common = {"dispatcher": self.dispatcher, "adj": self.adj,
+                  "read_timeout": settings.request_read_timeout,
+                  "body_limit": settings.max_body_bytes}
+        if self.adj.sockets:  # bound beforehand (API_GATEWAY_REUSE_PORT): use them as they are
+            self.servers = [GatewayServer(app, self.map, _sock=sock, bind_socket=False,
+                                          sockinfo=(sock.family, sock.type, sock.proto,
+                                                    sock.getsockname()), **common)
+                            for sock in self.adj.sockets]
+        else:
+            self.servers = [GatewayServer(app, self.map, sockinfo=sockinfo, **common)
+                            for sockinfo in self.adj.listen]
         self.dispatcher.set_thread_count(self.adj.threads)
 
     @property

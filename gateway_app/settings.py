@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -106,6 +107,49 @@ def _key_list(raw: str) -> tuple[str, ...]:
 
 
 def _optional(raw: str) -> str:
+    return raw.strip()
+
+
+def _redis_url(raw: str) -> str:
+    """A redis:// or rediss:// URL, or empty (off). Errors never repeat the value: it may
+    hold a password."""
+    raw = raw.strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("must be a redis:// or rediss:// (TLS) URL")
+    try:
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError("has a malformed port") from None
+    if not host:
+        raise ValueError("names no host")
+    if parts.path not in ("", "/") and not re.fullmatch(r"/\d+", parts.path):
+        raise ValueError("may end with a database number only (/0)")
+    return raw
+
+
+def redacted_url(url: str) -> str:
+    """A Redis URL fit to show: its password replaced by ``***``, its query left out."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    secret = "***" if parts.password is not None else ""
+    auth = f"{user}:{secret}@" if secret else (f"{user}@" if user else "")
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{auth}{parts.hostname}{port}{parts.path}"
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"must be on or off, got {raw!r}")
+    return value in ("on", "true", "1", "yes")
+
+
+def _redis_prefix(raw: str) -> str:
+    if raw.strip() and not re.fullmatch(r"[A-Za-z0-9:._{}-]{1,64}", raw.strip()):
+        raise ValueError("must be 1 to 64 letters, digits or ':', '.', '_', '-', '{', '}'")
     return raw.strip()
 
 
@@ -233,6 +277,30 @@ class Settings:
     # arrives in time at 3 Mbit/s.
     request_read_timeout: float = var("API_GATEWAY_REQUEST_READ_TIMEOUT", _positive, 60.0)
 
+    # --- shared state between replicas (Redis): all of it off unless REDIS_URL is set ---
+    # redis:// or rediss:// (TLS) URL of a Redis through which replicas share cooldowns,
+    # fault streaks, reload requests and metrics. Empty: one process on its own, as before,
+    # needing no Redis. Hidden from repr: the URL may carry a password.
+    redis_url: str = var("API_GATEWAY_REDIS_URL", _redis_url, "", secret=True)
+    # the Redis password when the URL carries none, so it can come from a Secret of its own;
+    # giving it in both places is refused
+    redis_password: str = var("API_GATEWAY_REDIS_PASSWORD", _optional, "", secret=True)
+    # prefix of every Redis key and channel, so several gateways can share one Redis. Empty:
+    # apirouter:{API_GATEWAY_ENV}:, which keeps environments apart.
+    redis_prefix: str = var("API_GATEWAY_REDIS_PREFIX", _redis_prefix, "")
+    # seconds to connect to Redis or wait for its answer. Only background threads and the
+    # admin routes ever wait on Redis; one on the same network answers in a millisecond, so
+    # half a second means it is down or overloaded.
+    redis_timeout: float = var("API_GATEWAY_REDIS_TIMEOUT", _positive, 0.5)
+    # seconds between writes of this replica's metrics to Redis: how old the cluster view of
+    # /metrics may be. Each write is a few Redis operations, whatever the call rate.
+    redis_sync_seconds: float = var("API_GATEWAY_REDIS_SYNC_SECONDS", _positive, 1.0)
+    # several `python wsgi.py` on one host listening on the same port (SO_REUSEPORT; the
+    # kernel spreads new connections over them), so one VM's cores can all serve; with
+    # Redis as their shared state they act as one gateway. Off: a second process on the
+    # port fails to start, as before.
+    reuse_port: bool = var("API_GATEWAY_REUSE_PORT", _flag, False)
+
     # --- container information, shown by /instanceinfo ---
     image_id: str = var("IMAGE_ID", _optional, "")
     node_name: str = var("NODE_NAME", _optional, "")
@@ -253,6 +321,11 @@ class Settings:
     def route_prefix(self) -> str:
         """Where every route of the original lives."""
         return f"/api/v1/{self.env}/apirouter"
+
+    @property
+    def redis_key_prefix(self) -> str:
+        """What every Redis key and channel of this gateway starts with."""
+        return self.redis_prefix or f"apirouter:{self.env}:"
 
     @property
     def logging_level(self) -> int:
@@ -289,6 +362,9 @@ class Settings:
                 values[f.name] = f.metadata["convert"](raw)
             except ValueError as exc:
                 problems.append(f"{name} {exc}")
+        if values.get("redis_password") and _url_password(values.get("redis_url", "")):
+            problems.append("API_GATEWAY_REDIS_PASSWORD is set and API_GATEWAY_REDIS_URL "
+                            "carries a password too; give it in one place")
         if problems:
             raise SettingsError(problems)
         values["unknown_names"] = tuple(unknown)
@@ -301,6 +377,10 @@ class Settings:
         text = f"environment variable {name} names no setting and is ignored"
         nearest = nearest_variable(name)
         return f"{text}; did you mean {nearest}?" if nearest else text
+
+
+def _url_password(url: str) -> bool:
+    return bool(url) and urlsplit(url).password is not None
 
 
 def nearest_variable(name: str) -> str | None:

@@ -43,6 +43,11 @@ class ConfigWatcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def note_reloaded(self) -> None:
+        """The file was just read by another path (a reload asked elsewhere): its content
+        is not a change to act on again."""
+        self._seen = file_digest(self.path)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             digest = file_digest(self.path)

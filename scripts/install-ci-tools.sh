@@ -6,7 +6,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/install-ci-tools.sh [--chart] [--container] [--help]
+Usage: scripts/install-ci-tools.sh [--chart] [--container] [--redis] [--help]
 
 Installs the checking tools into $APIROUTER_CI_DIR (default /var/cache/apirouter-ci):
 
@@ -18,26 +18,31 @@ Installs the checking tools into $APIROUTER_CI_DIR (default /var/cache/apirouter
                kind of machine ($APIROUTER_CI_DIR/containers.conf: runc, low ulimits, the
                host's CA bundle), and, when no python:3.11-slim image is in podman's
                storage, a stand-in for it built from Debian's packages (no registry needed).
+  --redis      redis-server (Debian package), which the shared-state tests start on a free
+               loopback port themselves (tests/cluster_parts.py).
 
-With neither option, both are installed. The Debian packages need root (apt-get).
+With no option, all three are installed. The Debian packages need root (apt-get).
 Environment: APIROUTER_CI_DIR, PYTHON (interpreter for the virtualenv, default python3).
 EOF
 }
 
 want_chart=0
 want_container=0
+want_redis=0
 while (($#)); do
     case "$1" in
         --chart) want_chart=1 ;;
         --container) want_container=1 ;;
+        --redis) want_redis=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install-ci-tools: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-if ((!want_chart && !want_container)); then
+if ((!want_chart && !want_container && !want_redis)); then
     want_chart=1
     want_container=1
+    want_redis=1
 fi
 
 CI_DIR="${APIROUTER_CI_DIR:-/var/cache/apirouter-ci}"
@@ -65,6 +70,8 @@ referencing==0.37.0
 rpds-py==2026.9.1
 typing_extensions==4.16.0"
 APT_PACKAGES=(podman runc mmdebstrap)
+# The tests run it themselves, without persistence; the package's own service is not needed.
+REDIS_PACKAGES=(redis-server)
 # The stand-in base image: Debian bookworm's Python 3.11, pip and venv, like python:3.11-slim.
 BASE_IMAGE="docker.io/library/python:3.11-slim"
 BASE_SUITE="bookworm"
@@ -206,5 +213,8 @@ if ((want_container)); then
     apt_install "${APT_PACKAGES[@]}"
     write_containers_conf
     install_base_image
+fi
+if ((want_redis)); then
+    apt_install "${REDIS_PACKAGES[@]}"
 fi
 log "ready in $CI_DIR"

@@ -7,8 +7,8 @@ holding its lock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,35 @@ class IntervalCounters:
     prompt_tokens: int = 0  # the input and output parts of them, for capacity planning
     completion_tokens: int = 0
     latency_ms: float = 0.0  # summed over api_calls
+
+    def add(self, other: IntervalCounters) -> None:
+        """Add another process's counters of the same interval (the cluster's view)."""
+        self.api_calls += other.api_calls
+        self.failed_calls += other.failed_calls
+        self.tokens += other.tokens
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.latency_ms += other.latency_ms
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IntervalCounters:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> IntervalCounters:
+        """The counters a closed history entry was made from (whole numbers exactly; the
+        latency sum up to rounding)."""
+        metrics = entry["collectedMetrics"]
+        calls = int(metrics["noOfApiCalls"])
+        split = metrics.get("tokenSplit") or {}
+        return cls(api_calls=calls, failed_calls=int(metrics["noOfFailedCalls"]),
+                   tokens=round(metrics["throughput"]["kTokensPerWindow"] * 1000),
+                   prompt_tokens=int(split.get("promptTokens", 0)),
+                   completion_tokens=int(split.get("completionTokens", 0)),
+                   latency_ms=metrics["latency"]["avgResponseTimeMsec"] * calls)
 
     def history_entry(self, started_at: float) -> dict[str, Any]:
         """The original's shape of one closed interval."""

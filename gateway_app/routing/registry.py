@@ -13,10 +13,16 @@ during network I/O. A reload builds a new :class:`Snapshot` (configuration, clie
 pools) and publishes it in one assignment; entries and backends still present keep their
 objects (state and metrics). A call in flight keeps what it holds; one whose entry or backend
 was removed by a reload is not started (:meth:`Registry.acquire` checks both).
+
+With replicas sharing state (gateway_app/cluster/), the registry stays the one holder of it:
+it tells ``cooldown_listeners`` when a backend enters a cooldown (after its lock is released;
+a listener only queues the event), and :meth:`Registry.apply_cooldown` takes another
+replica's cooldown (extending, never shortening). Routing reads only this local copy.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import threading
@@ -34,6 +40,8 @@ from ..keys import ClientKeys
 from .metrics import EndpointMetrics, metrics_json
 from .sse import Usage
 from .transport import Transport
+
+log = logging.getLogger("apirouter")
 
 # The pool name of the original's `endpoints` list; a slash keeps it apart from every
 # configurable pool name (config.NAME allows none).
@@ -127,6 +135,24 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class CooldownEvent:
+    """A backend entered (or extended) a cooldown: what other replicas need to bench it too.
+
+    Times are wall-clock epochs, the only clock processes share; each converts to its own
+    monotonic clock on arrival.
+    """
+
+    backend: str  # Backend.id: the deployment's URL, never a key
+    until: float  # time.time() at which the cooldown ends
+    reason: str  # "throttled" or "failed"
+    streak: int  # faults in a row so far
+    at: float  # time.time() when it was entered, to measure propagation
+
+
+CooldownListener = Callable[[CooldownEvent], None]
+
+
+@dataclass(frozen=True)
 class Busy:
     """No backend could take a call: how long until one may, and whether throttling is why."""
 
@@ -156,7 +182,8 @@ class Lease:
 
     def throttled(self, cooldown: float) -> None:
         """The backend answered 429: nothing goes to it for ``cooldown`` seconds."""
-        self._registry._end(self, lambda: self._registry._cool(self, cooldown, "throttled"))
+        self._registry._end(self, lambda: self._registry._cool(self.backend, self.entry,
+                                                               cooldown, "throttled"))
 
     def failed(self) -> None:
         """A fault: bench the backend, longer for each fault in a row."""
@@ -184,6 +211,14 @@ class Registry:
         self.current = Snapshot(GatewayConfig([]), ClientKeys({}), (), MappingProxyType({}))
         self.success_calls = 0
         self.failed_calls = 0
+        self._backends: dict[str, Backend] = {}  # by id, those of the current snapshot
+        # Called after the lock is released, on the calling thread, when a backend enters a
+        # cooldown; a listener must only hand the event on (the cluster link queues it).
+        self.cooldown_listeners: list[CooldownListener] = []
+        # Where a metrics interval that contains a moment starts. Identity: intervals start
+        # when the process does. Replicas sharing metrics align them to the wall clock, so
+        # that their closed intervals cover the same time and can be added up.
+        self.interval_start: Callable[[float], float] = lambda moment: moment
 
     # --- configuration ---------------------------------------------------------------------
     def publish(self, config: GatewayConfig, client_keys: ClientKeys) -> Snapshot:
@@ -210,7 +245,8 @@ class Registry:
                 found = old_entries.pop((pool, cfg.uri), None)
                 if found is None:
                     return PoolEntry(pool, backend, cfg.uri, cfg.api_key, priority, cfg.weight,
-                                     cfg.timeout, EndpointMetrics(self._history_size, now),
+                                     cfg.timeout,
+                                     EndpointMetrics(self._history_size, self.interval_start(now)),
                                      timeout)
                 found.backend, found.api_key, found.priority = backend, cfg.api_key, priority
                 found.weight, found.read_timeout, found.timeout = cfg.weight, cfg.timeout, timeout
@@ -228,6 +264,7 @@ class Registry:
                 if backend.in_flight == 0:
                     idle.append(backend)
             self.current = Snapshot(config, client_keys, lb, MappingProxyType(pools))
+            self._backends = backends
             snapshot = self.current
         for backend in idle:
             backend.transport.close()
@@ -264,14 +301,23 @@ class Registry:
         backend.in_flight -= 1
         return backend.retired and backend.in_flight == 0
 
-    def _end(self, lease: Lease, update: Callable[[], None]) -> None:
+    def _end(self, lease: Lease, update: Callable[[], CooldownEvent | None]) -> None:
         with self._lock:
             if lease.ended:
                 return
-            update()
+            event = update()
             close = self._release(lease)
         if close:
             lease.backend.transport.close()
+        if event is not None:
+            self._notify(event)
+
+    def _notify(self, event: CooldownEvent) -> None:
+        for listener in self.cooldown_listeners:
+            try:
+                listener(event)
+            except Exception:  # sharing a cooldown must never fail the call that saw it
+                log.exception("a cooldown listener failed")
 
     def _succeeded(self, lease: Lease, latency_ms: float, usage: Usage | None) -> None:
         entry = lease.entry
@@ -285,22 +331,71 @@ class Registry:
             lease.backend.transport.close()
 
     @staticmethod
-    def _cool(lease: Lease, seconds: float, reason: str) -> None:
-        """Lock held. Extend the cooldown (never shorten it) and count the failed call."""
-        backend = lease.backend
-        until = time.monotonic() + seconds
-        if until > backend.cooldown_until:
+    def _cool(backend: Backend, entry: PoolEntry, seconds: float, reason: str,
+              streak_grew: bool = False) -> CooldownEvent | None:
+        """Lock held. Extend the cooldown (never shorten it) and count the failed call.
+
+        The event, for listeners, when the cooldown was extended or the streak grew.
+        """
+        now = time.monotonic()
+        until = now + seconds
+        extended = until > backend.cooldown_until
+        if extended:
             backend.cooldown_until = until
             backend.cooldown_reason = reason
-        lease.entry.metrics.failure()
+        entry.metrics.failure()
+        if not (extended or streak_grew):
+            return None
+        wall = time.time()
+        return CooldownEvent(backend.id, wall + (backend.cooldown_until - now),
+                             backend.cooldown_reason, backend.fault_streak, wall)
 
-    def _fault(self, lease: Lease) -> None:
+    def _fault(self, lease: Lease) -> CooldownEvent | None:
         """Lock held. One more fault in a row: a bench twice as long as the last, capped."""
         backend = lease.backend
         backend.fault_streak += 1
         doublings = min(backend.fault_streak - 1, _MAX_DOUBLINGS)
         bench = min(self._failure_cooldown * 2.0 ** doublings, self._failure_cooldown_max)
-        self._cool(lease, bench, "failed")
+        return self._cool(backend, lease.entry, bench, "failed", streak_grew=True)
+
+    # --- state from other replicas ---------------------------------------------------------
+    def apply_cooldown(self, backend_id: str, until: float, reason: str, streak: int) -> bool:
+        """Bench a backend as another replica did: until the wall-clock epoch ``until``.
+
+        A cooldown is only ever extended, never shortened, and the fault streak becomes the
+        larger of both, so events may arrive late, twice or out of order. Listeners are not
+        called (the event came from elsewhere). True when something changed; a backend this
+        replica does not list is ignored.
+        """
+        remaining = until - time.time()
+        with self._lock:
+            backend = self._backends.get(backend_id)
+            if backend is None or backend.retired:
+                return False
+            changed = False
+            if streak > backend.fault_streak:
+                backend.fault_streak = streak
+                changed = True
+            if remaining > 0:
+                ends = time.monotonic() + remaining
+                if ends > backend.cooldown_until:
+                    backend.cooldown_until = ends
+                    backend.cooldown_reason = reason
+                    changed = True
+        return changed
+
+    def active_cooldowns(self) -> list[CooldownEvent]:
+        """The cooldowns running now, as events (for replicas that missed them)."""
+        now, wall = time.monotonic(), time.time()
+        with self._lock:
+            return [CooldownEvent(b.id, wall + (b.cooldown_until - now), b.cooldown_reason,
+                                  b.fault_streak, wall)
+                    for b in self._backends.values() if b.cooldown_until > now]
+
+    def backend_ids(self) -> set[str]:
+        """The ids of the backends the current configuration lists."""
+        with self._lock:
+            return set(self._backends)
 
     def count_client_call(self, served: bool) -> None:
         """Instance totals: a client call served by some backend, or one no backend could."""
@@ -325,9 +420,10 @@ class Registry:
         return Busy(retry_after=wait, throttled=throttled)
 
     # --- metrics ---------------------------------------------------------------------------
-    def close_intervals(self) -> list[dict[str, Any]]:
-        """Close the current metrics interval of every entry; return the closed entries."""
-        now = time.time()
+    def close_intervals(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Close the current metrics interval of every entry at ``now`` (default: this
+        moment; an aligned collector passes the boundary); return the closed entries."""
+        now = time.time() if now is None else now
         with self._lock:
             return [{"endpoint": e.url, "priority": e.priority,
                      **({} if e.is_default_pool else {"deployment": e.pool}),
@@ -353,6 +449,20 @@ class Registry:
                 "failedApiCalls": unserved,
                 "totalApiCalls": served + unserved}
 
+    def counters(self) -> dict[str, Any]:
+        """Raw figures of every entry and the instance totals, for other replicas to add up:
+        per (pool, endpoint) the current interval's start and counters and the closed
+        history entries."""
+        snapshot = self.current
+        with self._lock:
+            copies = [(e, e.metrics.started_at, e.metrics.copy()) for e in snapshot.entries()]
+            served, unserved = self.success_calls, self.failed_calls
+        return {"entries": [{"pool": e.pool, "endpoint": e.url, "priority": e.priority,
+                             "weight": e.weight, "start": start, "current": current,
+                             "history": history}
+                            for e, start, (current, history) in copies],
+                "successApiCalls": served, "failedApiCalls": unserved}
+
     def availability(self) -> list[dict[str, Any]]:
         """Each entry's backend state, for readiness, Prometheus and operators."""
         now = time.monotonic()
@@ -364,6 +474,7 @@ class Registry:
                      "cooldownSeconds": round(e.backend.remaining(now), 3),
                      "reason": (e.backend.cooldown_reason
                                 if e.backend.cooldown_until > now else ""),
+                     "faultStreak": e.backend.fault_streak,
                      "inFlight": e.backend.in_flight} for e in entries]
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from flask import Response, jsonify, request, send_from_directory
 
 from ..capacity import report as planning
+from ..cluster.link import ClusterUnavailable
 from .admin import admin_route
 from .auth import open_route
 from .blueprint import api
@@ -29,9 +30,20 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
 @api.get("/capacity")
 @admin_route
 def capacity() -> Response:
+    """Over the cluster's figures when Redis is configured and reachable, else this
+    instance's; ``scope`` (and ``scopeNote``) say which."""
     gw = gateway()
-    report = planning.live_report(gw.metrics(request.path), gw.config.sections.get("capacity"))
-    return jsonify(report)
+    extra = {"scope": "instance"}
+    try:
+        document = gw.metrics(request.path, "cluster" if gw.cluster else "instance")
+        if gw.cluster:
+            extra = {"scope": "cluster", "replicas": document["replicas"]}
+    except ClusterUnavailable as exc:
+        document = gw.metrics(request.path)
+        extra["scopeNote"] = f"{exc}: this instance's figures only"
+    report = planning.live_report(document, gw.config.sections.get("capacity"))
+    status = report.pop("status")
+    return jsonify({**report, **extra, "status": status})
 
 
 def _protect(response: Response) -> Response:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from flask import Response, current_app, g, jsonify, request
 
+from ..cluster.link import ClusterUnavailable
 from ..config import ConfigError
 from ..errors import json_error
 from ..gateway import Gateway
@@ -125,7 +126,16 @@ def instance_info() -> Response:
 @api.get("/metrics")
 @admin_route
 def metrics() -> Response:
-    return jsonify(gateway().metrics(request.path))
+    """This instance's figures; ``?scope=cluster``: summed over every replica (Redis)."""
+    scope = request.args.get("scope", "instance")
+    if scope not in ("instance", "cluster"):
+        return json_error(400, "InvalidRequest", "scope must be instance or cluster.")
+    try:
+        return jsonify(gateway().metrics(request.path, scope))
+    except ClusterUnavailable as exc:
+        return json_error(503, "ClusterUnavailable",
+                          f"The cluster's metrics cannot be read now: {exc}. Without scope, "
+                          "/metrics gives this instance's.")
 
 
 @api.get("/healthz")
@@ -188,13 +198,39 @@ def _reconfigure(key: str | None) -> Response:
 
 
 def _reload(gw: Gateway) -> Response:
-    """Re-read the file: 200 with the new list, or 400 naming the problem (nothing changed)."""
-    try:
-        count = gw.reload()
-    except ConfigError as exc:
-        return json_error(400, "InvalidConfiguration",
-                          f"The configuration was not reloaded: {exc}")
+    """Re-read the file here, and ask the other replicas to re-read theirs (with Redis): 200
+    with the new list, or 400 naming the problem (nothing changed here)."""
+    outcome, others = gw.reload_everywhere()
+    replicas = {} if others is None else {"replicas": _replicas_summary(others,
+                                          not isinstance(outcome, ConfigError))}
+    if isinstance(outcome, ConfigError):
+        response = json_error(400, "InvalidConfiguration",
+                              f"The configuration was not reloaded: {outcome}"
+                              + (f" {replicas['replicas']['message']}" if replicas else ""))
+        if replicas:  # the error shape, plus what the other replicas did
+            response.set_data(json.dumps({**json.loads(response.get_data()), **replicas}))
+        return response
     return jsonify({"status": "OK",
-                    "message": f"Configuration reloaded: {count} endpoint(s).",
+                    "message": f"Configuration reloaded: {outcome} endpoint(s)."
+                               + (f" {replicas['replicas']['message']}" if replicas else ""),
                     "oaiEndpoints": gw.endpoints(),
+                    **replicas,
                     "endpointUri": f"{gw.settings.route_prefix}/reconfig/***"})
+
+
+def _replicas_summary(others: dict, local_ok: bool) -> dict:
+    """How many replicas (this one included) applied a reload, with a sentence for people."""
+    if not others["connected"]:
+        return {"total": 1, "applied": int(local_ok), "asked": 0, "failed": [],
+                "message": "Redis is not reachable: the other replicas were not asked to "
+                           "reload."}
+    total, applied = others["asked"] + 1, others["applied"] + int(local_ok)
+    text = f"Applied by {applied} of {total} replica(s), this one included"
+    if others["failed"]:
+        names = ", ".join(f["replica"] for f in others["failed"])
+        text += f"; {names} kept the old configuration (invalid file)"
+    silent = others["asked"] - len(others["answers"])
+    if silent > 0:
+        text += f"; {silent} did not answer within 2 s"
+    return {"total": total, "applied": applied, "asked": others["asked"],
+            "failed": others["failed"], "answers": others["answers"], "message": text + "."}

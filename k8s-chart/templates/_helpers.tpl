@@ -60,6 +60,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Name of the Redis the chart deploys (redis.deploy.enabled), within 63 characters. */}}
+{{- define "apirouter.redisName" -}}
+{{- printf "%s-redis" (include "apirouter.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The deployed Redis's pod labels: another name, so the gateway's selector skips it. */}}
+{{- define "apirouter.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "apirouter.name" . }}-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The gateway's API_GATEWAY_REDIS_URL: redis.url, or the deployed Redis; empty: off. */}}
+{{- define "apirouter.redisUrl" -}}
+{{- if .Values.redis.deploy.enabled }}
+{{- if .Values.redis.url }}
+{{- fail "set either redis.url (an existing Redis) or redis.deploy.enabled, not both" }}
+{{- end }}
+{{- printf "redis://%s:6379/0" (include "apirouter.redisName" .) }}
+{{- else }}
+{{- .Values.redis.url }}
+{{- end }}
+{{- end }}
+
 {{/* Path prefix of every route. */}}
 {{- define "apirouter.basePath" -}}
 {{- printf "/api/v1/%s/apirouter" (required "env (API_GATEWAY_ENV) must be set" .Values.env | toString) }}
@@ -216,7 +239,7 @@ Names in apiKeys: valid environment variable names, and none that the container'
 sets itself (the explicit env would silently win over the Secret's entry).
 */}}
 {{- define "apirouter.checkApiKeys" -}}
-{{- $setByChart := list "API_GATEWAY_KEY" "API_GATEWAY_CONFIG_FILE" "API_GATEWAY_NAME" "API_GATEWAY_ENV" "API_GATEWAY_METRICS_CINTERVAL" "API_GATEWAY_METRICS_CHISTORY" "API_GATEWAY_HOST" "API_GATEWAY_PORT" "API_GATEWAY_LOG_LEVEL" "API_GATEWAY_LOG_FORMAT" "API_GATEWAY_THREADS" "API_GATEWAY_CONNECTION_LIMIT" "API_GATEWAY_SHUTDOWN_GRACE" "API_GATEWAY_CONFIG_WATCH_SECONDS" "API_GATEWAY_METRICS_HISTORY_FILE" "API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES" "IMAGE_ID" "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "POD_SVC_ACCOUNT" }}
+{{- $setByChart := list "API_GATEWAY_KEY" "API_GATEWAY_CONFIG_FILE" "API_GATEWAY_NAME" "API_GATEWAY_ENV" "API_GATEWAY_METRICS_CINTERVAL" "API_GATEWAY_METRICS_CHISTORY" "API_GATEWAY_HOST" "API_GATEWAY_PORT" "API_GATEWAY_LOG_LEVEL" "API_GATEWAY_LOG_FORMAT" "API_GATEWAY_THREADS" "API_GATEWAY_CONNECTION_LIMIT" "API_GATEWAY_SHUTDOWN_GRACE" "API_GATEWAY_CONFIG_WATCH_SECONDS" "API_GATEWAY_METRICS_HISTORY_FILE" "API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES" "API_GATEWAY_REDIS_URL" "API_GATEWAY_REDIS_PASSWORD" "API_GATEWAY_REDIS_PREFIX" "IMAGE_ID" "NODE_NAME" "POD_NAME" "POD_NAMESPACE" "POD_SVC_ACCOUNT" }}
 {{- range $name, $_ := .Values.apiKeys }}
 {{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" $name) }}
 {{- fail (printf "apiKeys: %q is not a valid environment variable name" $name) }}

@@ -577,3 +577,48 @@ def test_notes_with_ingress(chart_tools: ChartTools, tmp_path: Path) -> None:
     notes = rendered_notes(chart_tools, tmp_path, ALL_ON)
     assert "https://apirouter.example.com/api/v1/prod/apirouter/healthz" in notes
     assert "fake-" not in notes  # no key is ever shown
+
+
+# --- Shared state between replicas ------------------------------------------------------
+
+
+def test_an_existing_redis_reaches_the_pod_with_its_password_from_a_secret(
+        all_on_objects: dict[str, dict]) -> None:
+    env = env_of(container_of(all_on_objects["Deployment"]))
+    assert env["API_GATEWAY_REDIS_URL"]["value"] == \
+        "rediss://apirouter-cache.redis.cache.windows.net:6380/0"
+    assert env["API_GATEWAY_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "apirouter-redis", "key": "password"}
+    assert env["API_GATEWAY_REDIS_PREFIX"]["value"] == "apirouter:prod:"
+
+
+def test_without_redis_no_redis_setting_is_rendered(default_objects: dict[str, dict]) -> None:
+    env = env_of(container_of(default_objects["Deployment"]))
+    assert not [name for name in env if name.startswith("API_GATEWAY_REDIS")]
+
+
+def test_the_deployed_redis_keeps_nothing_and_the_gateway_points_at_it(
+        chart_tools: ChartTools) -> None:
+    docs = [d for d in load(chart_tools, render(chart_tools, CHART / "ci" /
+                                                "redis-deploy-values.yaml"))
+            if d["kind"] != "Pod"]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    redis = deployments.pop(f"{RELEASE}-apirouter-redis")
+    [gateway] = deployments.values()
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("docker.io/library/redis:")
+    assert container["args"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
+    assert f"{RELEASE}-apirouter-redis" in services
+    # the gateway's Service does not select the Redis pod
+    gateway_selector = services[f"{RELEASE}-apirouter"]["spec"]["selector"]
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert not gateway_selector.items() <= redis_labels.items()
+    env = env_of(container_of(gateway))
+    assert env["API_GATEWAY_REDIS_URL"]["value"] == f"redis://{RELEASE}-apirouter-redis:6379/0"
+
+
+def test_redis_url_and_deploy_together_are_refused(chart_tools: ChartTools) -> None:
+    error = render_error(chart_tools, "redis.url=redis://cache:6379/0",
+                         "redis.deploy.enabled=true")
+    assert "either redis.url" in error

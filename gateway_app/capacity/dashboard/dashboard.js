@@ -263,24 +263,46 @@
     document.getElementById("capacity-note").textContent =
       `PTUs for ${report.deploymentType} deployments, output share ` +
       (report.outputShare === null ? "measured per row" : `${(report.outputShare * 100).toFixed(0)}%`) +
-      `, over ${report.from || "-"} to ${report.to || "-"}.` +
+      `, over ${report.from || "-"} to ${report.to || "-"}, ` +
+      (report.scope === "cluster" ? `summed over ${report.replicas.length} replica(s).`
+        : "this instance's figures." + (report.scopeNote ? ` (${report.scopeNote})` : "")) +
       (report.warnings.length ? " Warning: " + report.warnings.join("; ") : "");
     document.getElementById("assumptions").replaceChildren(
       ...report.assumptions.map((a) => el("li", {}, a)));
     document.getElementById("table-source").textContent = "PTU table: " + report.ptuTable.source;
   }
 
+  // The cluster's figures (summed over the replicas through Redis) when the gateway has
+  // them; this instance's when Redis is not configured, or not reachable now (503).
+  async function clusterMetrics() {
+    try {
+      return await getJson("metrics?scope=cluster");
+    } catch (err) {
+      const metrics = await getJson("metrics");
+      metrics.scopeNote = "the cluster's figures cannot be read now: this instance's";
+      return metrics;
+    }
+  }
+
+  function scopeText(metrics) {
+    if (metrics.scope === "cluster") {
+      const live = metrics.replicas.filter((r) => r.live).length;
+      return `figures of the cluster: ${metrics.replicas.length} replica(s), ${live} live`;
+    }
+    return metrics.scopeNote || "figures of this instance";
+  }
+
   async function refresh() {
     const status = document.getElementById("status");
     try {
       const [metrics, ready, report] = await Promise.all(
-        [getJson("metrics"), getJson("readyz"), getJson("capacity")]);
+        [clusterMetrics(), getJson("readyz"), getJson("capacity")]);
       document.getElementById("instance").textContent = metrics.instanceName;
       renderState(ready);
       renderCharts(metrics);
       renderCapacity(report);
       status.textContent = `Updated ${clock(new Date().toISOString())} UTC; ` +
-        `gateway ${ready.status === "OK" ? "ready" : "not ready"}; ` +
+        `gateway ${ready.status === "OK" ? "ready" : "not ready"}; ${scopeText(metrics)}; ` +
         `refreshes every ${refreshMs / 1000} s.`;
       status.classList.remove("error");
       document.body.dataset.state = "ready";
