@@ -367,7 +367,21 @@ def test_several_processes_share_one_port_with_redis_as_their_state(
         return names == {"p1", "p2"}
 
     wait_until(both_answer, timeout=20, interval=0.01)  # p2 may still be starting
-    for _ in range(6):
-        assert requests.post(f"{url}/lb", json={}, timeout=5,
-                             headers={"connection": "close"}).status_code == 200
+    def call() -> int:
+        return requests.post(f"{url}/lb", json={}, timeout=5,
+                             headers={"connection": "close"}).status_code
+
+    def primary_benched_for_both() -> bool:
+        """Ten new connections in a row (spread by the kernel) see the primary throttled:
+        both processes know, unless the kernel chose one ten times (p < 0.002)."""
+        for _ in range(10):
+            states = requests.get(f"{url}/readyz", timeout=5,
+                                  headers={"connection": "close"}).json()["endpoints"]
+            if states[0]["reason"] != "throttled":
+                return False
+        return True
+
+    assert call() == 200  # the primary's 429, then the secondary
+    wait_until(primary_benched_for_both, timeout=10)
+    assert [call() for _ in range(5)] == [200] * 5
     assert primary.calls == 1  # its 429 benched it for both processes
