@@ -55,17 +55,21 @@ def create_app(path: str, send: Send) -> Flask:
     return app
 
 
-def forwarder(backend_url: str, api_key: str, pool_size: int,
+def forwarder(backend_url: str, api_key: str, max_connections: int,
               timeout: tuple[float, float]) -> Send:
     """Posts the body to ``backend_url`` through the gateway's Transport; the answer read whole."""
+    import urllib3
+
     from gateway_app.routing.transport import Transport
 
-    transport = Transport(pool_size)
+    transport = Transport(max_connections)
+    connect, read = timeout
+    per_call = urllib3.Timeout(connect=connect, read=read)  # as a pool entry holds it
     headers = {"content-type": "application/json", "accept-encoding": "identity",
                "api-key": api_key, "x-request-id": "0" * 32}
 
     def send(body: bytes) -> tuple[int, bytes]:
-        reply = transport.post(backend_url, body, headers, timeout)
+        reply = transport.post(backend_url, body, headers, per_call)
         content = reply.raw.read(decode_content=False)
         reply.close()
         return reply.status_code, content
