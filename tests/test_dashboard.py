@@ -11,8 +11,10 @@ import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +99,23 @@ def test_dashboard_assets_name_no_other_host():
         assert set(urls) <= {"http://www.w3.org/2000/svg"}, path.name  # SVG's namespace
 
 
+def browse_during(traffic: Callable[[], None], stop: threading.Event,
+                  ready: Callable[[], Any], chromium: str, tmp_path: Path, url: str,
+                  shot: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """Keep ``traffic`` flowing in a thread; once ``ready``, load ``url`` twice in Chromium:
+    its DOM, then a screenshot to ``shot``."""
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        wait_until(ready)
+        done = browse(chromium, tmp_path / "profile-dom", url, "--dump-dom")
+        pictured = browse(chromium, tmp_path / "profile-shot", url, f"--screenshot={shot}")
+    finally:
+        stop.set()
+        sender.join(10)
+    return done, pictured
+
+
 def test_dashboard_renders_charts_cooldowns_and_capacity_in_chromium(
         chromium, fake, start_gateway, tmp_path):
     throttled = fake(default=throttle("120"))
@@ -112,18 +131,12 @@ def test_dashboard_renders_charts_cooldowns_and_capacity_in_chromium(
             if stop.wait(0.02):
                 return
             gw.lb()
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
-    try:
-        wait_until(lambda: any(h["collectedMetrics"]["noOfApiCalls"] for h in
-                               gw.metrics()["endpointMetrics"][1]["metrics"]["history"].values()))
-        url = f"{gw.url}/dashboard"
-        done = browse(chromium, tmp_path / "profile-dom", url, "--dump-dom")
-        shot = tmp_path / "dashboard.png"
-        pictured = browse(chromium, tmp_path / "profile-shot", url, f"--screenshot={shot}")
-    finally:
-        stop.set()
-        sender.join(10)
+    shot = tmp_path / "dashboard.png"
+    done, pictured = browse_during(
+        traffic, stop, lambda: any(
+            h["collectedMetrics"]["noOfApiCalls"]
+            for h in gw.metrics()["endpointMetrics"][1]["metrics"]["history"].values()),
+        chromium, tmp_path, f"{gw.url}/dashboard", shot)
 
     assert done.returncode == 0, done.stderr[-2000:]
     dom = Elements()
@@ -199,17 +212,9 @@ def test_dashboard_charts_every_pool_backend_in_chromium(chromium, fake, start_g
                        for h in b["metrics"]["history"].values()) >= 2
                    for name in ("gpt-4o", "gpt-4o-mini") for b in pooled[name][:1])
 
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
-    try:
-        wait_until(closed_with_calls)
-        url = f"{gw.url}/dashboard"
-        done = browse(chromium, tmp_path / "profile-dom", url, "--dump-dom")
-        shot = tmp_path / "dashboard-pools.png"
-        pictured = browse(chromium, tmp_path / "profile-shot", url, f"--screenshot={shot}")
-    finally:
-        stop.set()
-        sender.join(10)
+    shot = tmp_path / "dashboard-pools.png"
+    done, pictured = browse_during(traffic, stop, closed_with_calls, chromium, tmp_path,
+                                   f"{gw.url}/dashboard", shot)
 
     assert done.returncode == 0, done.stderr[-2000:]
     dom = Elements()

@@ -21,6 +21,7 @@ import requests
 
 from scripts import demo, traffic
 from simulator import SimulatorServer
+from tests.tools import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 API_VERSION = "2024-10-21"
@@ -158,12 +159,7 @@ def test_demo_script_shows_failover_and_stops_on_sigterm() -> None:
         assert proc.wait(timeout=15) == 0, output.text
     finally:
         if proc.poll() is None:  # a failed check: still stop the gateway the demo started
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     output.join()
     assert "stopped the gateway and the simulator" in output.text
     assert demo.port_free(port)

@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from tests.test_openapi import (
     start_pooled,
 )
 from tests.test_openapi import simulator as simulator  # the fixture, shared
-from tests.tools import NEWMAN, NODE_DIR, missing_tool, newman_stamp
+from tests.tools import NEWMAN, NODE_DIR, missing_tool, newman_stamp, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 COLLECTION = ROOT / "postman" / "apirouter.postman_collection.json"
@@ -235,12 +234,7 @@ def demo_port() -> Iterator[int]:
         assert up, f"the demo did not come up:\n{output.text[-3000:]}"
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         output.join()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,13 @@ def newman_stamp() -> str:
     for name in ("package.json", "package-lock.json"):
         digest.update((NEWMAN_LOCK_DIR / name).read_bytes())
     return digest.hexdigest()
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
