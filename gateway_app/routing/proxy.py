@@ -47,6 +47,7 @@ class Call:
     request_id: str
     client: str | None = None  # the client key's name, when keys are required
     content_type: str | None = None  # a body that is not JSON is passed on with its type
+    cost: int = 0  # Azure's admission estimate in tokens (routing/cost.py); 0 when not JSON
     started: float = field(default_factory=time.monotonic)
 
     @property

@@ -14,6 +14,7 @@ from ..config import ConfigError
 from ..errors import json_error
 from ..gateway import Gateway
 from ..keys import same_secret
+from ..routing.cost import estimate_cost
 from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from ..routing.proxy import Call, ClientAnswer
 from ..routing.retry_after import whole_seconds
@@ -50,7 +51,8 @@ def read_call(json_only: bool = True) -> Call | Response:
     """The client's OpenAI request, or a 400 saying what is wrong with it.
 
     With ``json_only`` false, a body that is not JSON (a multipart upload, say) is passed on
-    as it is, with its content type.
+    as it is, with its content type, and costs 0 tokens (only its request counts). A JSON call
+    is given Azure's admission estimate here, once (routing/cost.py).
     """
     body = request.get_data(cache=False)
     environ = request.environ
@@ -71,7 +73,7 @@ def read_call(json_only: bool = True) -> Call | Response:
     if not isinstance(payload, dict):
         return json_error(400, "InvalidRequest", "The request body must be a JSON object.")
     return Call(body=body, payload=payload, headers=forwarded, request_id=rid,
-                client=g.get("client"))
+                client=g.get("client"), cost=estimate_cost(payload))
 
 
 def relay(answer: ClientAnswer) -> Response:
