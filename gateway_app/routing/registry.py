@@ -146,6 +146,25 @@ class Skip(enum.Enum):
     UTILIZATION = "utilization"  # its latest utilization is above the entry's limit
 
 
+def _left(stated: int | None, spent: int) -> int | None:
+    return None if stated is None else stated - spent
+
+
+def _less_room(a: Headroom, a_tokens: int, a_requests: int,
+               b: Headroom, b_tokens: int, b_requests: int) -> bool:
+    """Whether reading ``a``, less what was sent after it, leaves less room than ``b`` does:
+    less in one budget both state, and no more in the other."""
+    less = False
+    for mine, theirs in ((_left(a.tokens, a_tokens), _left(b.tokens, b_tokens)),
+                         (_left(a.requests, a_requests), _left(b.requests, b_requests))):
+        if mine is None or theirs is None:
+            continue
+        if mine > theirs:
+            return False
+        less = less or mine < theirs
+    return less
+
+
 @dataclass(frozen=True)
 class Busy:
     """No backend could take a call: how long until one may, and whether throttling is why."""
@@ -325,16 +344,20 @@ class Registry:
         changes, wherever it comes from.
         """
         with self._lock:
-            current = backend.headroom
-            if current is not None and current.as_of >= reading.as_of:
-                return  # an older call's answer, arriving late: it says less than we know
-            backend.headroom = reading
             tokens = requests = 0
             for lease in reversed(backend.sent):  # newest first: stop at the first one it holds
                 if lease.sent_at <= reading.as_of:
                     break
                 tokens += lease.cost or 0
                 requests += 1
+            current = backend.headroom
+            # Calls sent together may be admitted in another order than they were sent: an
+            # older call's reading that arrives late is taken only when it leaves less room.
+            if current is not None and current.as_of >= reading.as_of and not _less_room(
+                    reading, tokens, requests,
+                    current, backend.spent_tokens, backend.spent_requests):
+                return
+            backend.headroom = reading
             backend.spent_tokens, backend.spent_requests = tokens, requests
 
     def _release(self, lease: Lease) -> bool:
