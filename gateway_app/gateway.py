@@ -48,7 +48,8 @@ class Gateway:
                                  failure_cooldown=settings.failure_cooldown,
                                  failure_cooldown_max=settings.failure_cooldown_max,
                                  connect_timeout=settings.connect_timeout,
-                                 read_timeout=settings.read_timeout)
+                                 read_timeout=settings.read_timeout,
+                                 headroom_seconds=settings.headroom_seconds)
         self._publish(load_config(settings.config_file))
         self.reconfig_lockout = Lockout(settings.reconfig_max_failures, seconds=60.0)
         self.telemetry = Telemetry(self.registry)
