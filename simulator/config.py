@@ -55,6 +55,7 @@ class DeploymentConfig:
     slow_seconds: float = 5.0
     drop_rate: float = 0.0
     seed: int | None = None
+    provisioned: bool = False
 
     @property
     def effective_rpm(self) -> int:
@@ -127,6 +128,15 @@ def _number(minimum: float, maximum: float | None = None, exclusive_min: bool = 
     return check
 
 
+def _bool(value: Any) -> bool:
+    # "true"/"false" as well: --deployment passes every value as text
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
 _rate = _number(0.0, 1.0)
 
 DEPLOYMENT_FIELDS: tuple[Field, ...] = (
@@ -161,6 +171,9 @@ DEPLOYMENT_FIELDS: tuple[Field, ...] = (
           "share of calls whose connection is closed without an answer, 0.0-1.0"),
     Field("seed", _int(-(2**63), 2**63 - 1, nullable=True), None,
           "seed of this deployment's fault dice; null = a fresh random seed"),
+    Field("provisioned", _bool, False,
+          "play a provisioned (PTU) deployment: answers say azure-openai-deployment-utilization "
+          "(tokens in use in the window / tpm, percent) instead of x-ratelimit-remaining-*"),
 )
 _FIELDS_BY_NAME = {f.name: f for f in DEPLOYMENT_FIELDS}
 _STRING_FIELDS = {"name", "apikey", "model"}
