@@ -10,7 +10,8 @@ import pytest
 from gateway_app.config import EndpointConfig, GatewayConfig
 from gateway_app.keys import ClientKeys
 from gateway_app.routing.headroom import Headroom
-from gateway_app.routing.registry import Lease, PoolEntry, Registry, Skip
+from gateway_app.routing.registry import SENT_TOGETHER, Lease, PoolEntry, Registry, Skip
+from tests.fakes import wait_until
 
 URL = "https://east.openai.azure.com/openai/deployments/{}/chat/completions?api-version=2024-10-21"
 
@@ -112,10 +113,10 @@ def test_concurrent_calls_take_the_room_once():
     assert entry.backend.spent_tokens == 100 and entry.backend.in_flight == 10
 
 
-def test_a_reading_holds_its_call_and_older_ones_and_in_flight_later_ones_still_count():
+def test_a_reading_holds_its_call_and_earlier_ones_and_in_flight_later_ones_still_count():
     registry, (entry,) = setup()
     first = lease(registry, entry, 300)
-    second = lease(registry, entry, 200)  # sent after the first, still in flight
+    lease(registry, entry, 200)  # sent after the first, still in flight
     third = lease(registry, entry, 100)
     third.succeeded(1.0, None)  # ended: it would have brought a newer reading
     # the first call's answer: 1000 left once it (and anything before it) was admitted
@@ -123,26 +124,67 @@ def test_a_reading_holds_its_call_and_older_ones_and_in_flight_later_ones_still_
     assert (entry.backend.spent_tokens, entry.backend.spent_requests) == (200, 1)
     assert registry.acquire(entry, 801) is Skip.HEADROOM
     lease(registry, entry, 800)
-    # a later call's reading replaces it (Azure refills its window)...
-    registry.observe(entry.backend, Headroom(10, 5000, None, time.monotonic(), second.sent_at))
+    # a reading of a call sent well after replaces it, more room or not (Azure refills)
+    later = first.sent_at + SENT_TOGETHER + 1.0
+    registry.observe(entry.backend, Headroom(10, 5000, None, time.monotonic(), later))
     assert entry.backend.headroom.tokens == 5000
-    assert entry.backend.spent_tokens == 800
-    # ...an older call's, arriving late, only when it leaves less room: calls sent together
-    # may have been admitted in another order
-    registry.observe(entry.backend, Headroom(10, 9000, None, time.monotonic(), first.sent_at))
+    assert entry.backend.spent_tokens == 0  # nothing in flight was sent after it
+    # one of a call sent well before it is old news, whatever it says
+    registry.observe(entry.backend, Headroom(1, 1, None, time.monotonic(), first.sent_at))
     assert entry.backend.headroom.tokens == 5000
-    registry.observe(entry.backend, Headroom(10, 100, None, time.monotonic(), first.sent_at))
-    assert entry.backend.headroom.tokens == 100
-    assert (entry.backend.spent_tokens, entry.backend.spent_requests) == (1000, 2)
-    assert registry.acquire(entry, 1) is Skip.HEADROOM
 
 
-def test_a_reading_is_trusted_for_the_headroom_seconds_only():
+def test_readings_of_calls_sent_together_are_ordered_by_what_they_state():
+    registry, (entry,) = setup()
+    first = lease(registry, entry, 300)
+    second = lease(registry, entry, 200)  # sent together: admitted in either order
+    third = lease(registry, entry, 100)
+    assert third.sent_at - first.sent_at < SENT_TOGETHER
+    # the deployment admitted the second one first, then the first, then the third
+    registry.observe(entry.backend, Headroom(9, 800, None, time.monotonic(), second.sent_at))
+    assert (entry.backend.spent_tokens, entry.backend.spent_requests) == (100, 1)
+    # the first's reading arrives next: sent earlier, but it states less, so it came later;
+    # it holds the second call too, so the count still runs from the second's sending
+    registry.observe(entry.backend, Headroom(8, 500, None, time.monotonic(), first.sent_at))
+    assert entry.backend.headroom.tokens == 500
+    assert entry.backend.headroom.as_of == second.sent_at
+    assert (entry.backend.spent_tokens, entry.backend.spent_requests) == (100, 1)
+    assert registry.acquire(entry, 401) is Skip.HEADROOM
+    # a reading that states more room, of a call sent together, was stated earlier
+    registry.observe(entry.backend, Headroom(9, 800, None, time.monotonic(), third.sent_at))
+    assert entry.backend.headroom.tokens == 500
+    # the third's own: one request and 100 tokens fewer: the latest
+    registry.observe(entry.backend, Headroom(7, 400, None, time.monotonic(), third.sent_at))
+    assert entry.backend.headroom.tokens == 400
+    assert (entry.backend.spent_tokens, entry.backend.spent_requests) == (0, 0)
+
+
+def test_a_reading_is_trusted_for_the_headroom_seconds_then_calls_go_one_at_a_time():
     registry, (entry,) = setup(seconds=2.0)
     registry.observe(entry.backend, reading(requests=0, tokens=0, age=1.5))
     assert registry.acquire(entry, 1) is Skip.HEADROOM
     registry.observe(entry.backend, reading(requests=0, tokens=0, age=2.5, as_of=time.monotonic()))
-    assert isinstance(registry.acquire(entry, 1), Lease)  # too old: only a 429 can tell
+    probe = lease(registry, entry, 1)  # too old to trust: the deployment may have refilled
+    assert registry.acquire(entry, 1) is Skip.HEADROOM  # ...but one call finds out first
+    probe.throttled(0.0)  # refused, with no reading (a 429 brings one, and a cooldown)
+    lease(registry, entry, 1)
+    # a reading that leaves room needs no probe, however old
+    sent_later = time.monotonic() + SENT_TOGETHER
+    registry.observe(entry.backend, reading(requests=9, tokens=900, age=9.0, as_of=sent_later))
+    lease(registry, entry, 1)
+    lease(registry, entry, 1)
+
+
+def test_a_cooldown_since_the_reading_ends_its_trust_when_it_ends():
+    registry, (entry,) = setup(seconds=5.0)
+    registry.observe(entry.backend, reading(requests=0, tokens=0))
+    refused = lease(registry, entry, 1, fit=False)
+    refused.throttled(0.05)  # the 429's retry-after: room again in 50 ms
+    assert registry.acquire(entry, 1) is None  # cooling down
+    wait_until(lambda: entry.backend.remaining(time.monotonic()) == 0, timeout=2, interval=0.01)
+    probe = lease(registry, entry, 1)  # the reading is not 5 s old, but the cooldown is over
+    assert registry.acquire(entry, 1) is Skip.HEADROOM  # one at a time until a new reading
+    probe.succeeded(1.0, None)
 
 
 def test_ignoring_the_fit_still_counts_the_call():
@@ -166,11 +208,11 @@ def test_above_its_utilization_limit_an_entry_is_passed_over():
     registry.observe(limited.backend, reading(utilization=85.0))
     registry.observe(unlimited.backend, reading(utilization=99.0))
     assert registry.acquire(limited, 1) is Skip.UTILIZATION
-    assert isinstance(registry.acquire(unlimited, 1), Lease)  # no limit: utilization is ignored
+    lease(registry, unlimited, 1)  # no limit: utilization is ignored
     registry.observe(limited.backend, reading(utilization=80.0, as_of=time.monotonic()))
-    assert isinstance(registry.acquire(limited, 1), Lease)  # at the limit is not above it
+    lease(registry, limited, 1).succeeded(1.0, None)  # at the limit is not above it
     registry.observe(limited.backend, reading(utilization=95.0, age=6.0, as_of=time.monotonic()))
-    assert isinstance(registry.acquire(limited, 1), Lease)  # too old to trust
+    lease(registry, limited, 1)  # too old to trust: one call finds out
 
 
 def test_every_lease_leaves_the_count_of_calls_in_flight_when_it_ends():

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +49,10 @@ DEFAULT_POOL = "/lb"
 _DEPLOYMENT_PATH = re.compile(r"^(.*?/openai/deployments/[^/]+)")
 # 2 ** 60 seconds is forever; a larger exponent only risks an OverflowError
 _MAX_DOUBLINGS = 60
+# Seconds within which calls sent one after the other may reach a deployment in either order
+# (threads and connections race; the network adds jitter): their readings are ordered by what
+# they state, not by when they were sent.
+SENT_TOGETHER = 0.1
 
 
 def deployment_of(url: str) -> tuple[str, str]:
@@ -146,23 +150,14 @@ class Skip(enum.Enum):
     UTILIZATION = "utilization"  # its latest utilization is above the entry's limit
 
 
-def _left(stated: int | None, spent: int) -> int | None:
-    return None if stated is None else stated - spent
-
-
-def _less_room(a: Headroom, a_tokens: int, a_requests: int,
-               b: Headroom, b_tokens: int, b_requests: int) -> bool:
-    """Whether reading ``a``, less what was sent after it, leaves less room than ``b`` does:
-    less in one budget both state, and no more in the other."""
-    less = False
-    for mine, theirs in ((_left(a.tokens, a_tokens), _left(b.tokens, b_tokens)),
-                         (_left(a.requests, a_requests), _left(b.requests, b_requests))):
-        if mine is None or theirs is None:
-            continue
-        if mine > theirs:
-            return False
-        less = less or mine < theirs
-    return less
+def _admitted_later(a: Headroom, b: Headroom) -> bool | None:
+    """Whether the deployment stated ``a`` after ``b``, by what they state: each call it
+    admits leaves one request and some tokens fewer. None: they do not tell."""
+    if a.requests is not None and b.requests is not None and a.requests != b.requests:
+        return a.requests < b.requests
+    if a.tokens is not None and b.tokens is not None and a.tokens != b.tokens:
+        return a.tokens < b.tokens
+    return None
 
 
 @dataclass(frozen=True)
@@ -298,9 +293,9 @@ class Registry:
 
         With ``cost`` (headroom routing on), the call's estimated tokens and one request are
         counted down from the backend's latest reading. With ``fit`` too, a backend whose
-        trusted reading cannot fit them, or whose utilization is above the entry's limit, is
-        passed over: the answer says why, and nothing is counted. Check and count are one step
-        under the lock, so concurrent calls cannot all take the last room.
+        reading cannot fit them, or whose utilization is above the entry's limit, is passed
+        over (:meth:`_no_room`): the answer says why, and nothing is counted. Check and count
+        are one step under the lock, so concurrent calls cannot all take the last room.
         """
         backend = entry.backend
         with self._lock:
@@ -321,42 +316,61 @@ class Registry:
         return lease
 
     def _no_room(self, entry: PoolEntry, backend: Backend, cost: int, now: float) -> Skip | None:
-        """Lock held. Why the backend's trusted reading says the call would not fit, if it does."""
+        """Lock held. Why the backend's latest reading says the call would not fit, if it does.
+
+        A reading older than the headroom seconds, or than a cooldown that began after it, no
+        longer keeps calls away (the deployment refills as time passes), but until a new one
+        arrives, calls go one at a time: the first finds out, and a burst does not all go to a
+        deployment that may still be full.
+        """
         reading = backend.headroom
-        if reading is None or now - reading.read_at > self._headroom_seconds:
-            return None  # no reading, or too old to trust: only a 429 can tell
+        if reading is None:
+            return None  # never read: only a 429 can tell
         limit = entry.utilization_limit
         if limit is not None and reading.utilization is not None and reading.utilization > limit:
-            return Skip.UTILIZATION
-        if reading.tokens is not None and reading.tokens - backend.spent_tokens < cost:
-            return Skip.HEADROOM
-        if reading.requests is not None and reading.requests - backend.spent_requests < 1:
-            return Skip.HEADROOM
-        return None
+            skip = Skip.UTILIZATION
+        elif ((reading.tokens is not None and reading.tokens - backend.spent_tokens < cost)
+              or (reading.requests is not None and reading.requests - backend.spent_requests < 1)):
+            skip = Skip.HEADROOM
+        else:
+            return None
+        expired = reading.read_at + self._headroom_seconds
+        if reading.as_of < backend.cooldown_until < expired:
+            # a cooldown since: its retry-after tells better when the deployment has room
+            expired = backend.cooldown_until
+        if now <= expired:
+            return skip
+        # too old to trust: pass it over only while a call sent since is out finding out
+        return skip if backend.sent and next(reversed(backend.sent)).sent_at > expired else None
 
     def observe(self, backend: Backend, reading: Headroom) -> None:
-        """Take ``reading`` as the backend's latest, unless it already holds a newer one.
+        """Take ``reading`` as the backend's latest, unless the one it holds is later.
 
         The reading already holds the call it came with and those sent before it, so what is
         counted down from it is the calls still in flight that were sent after that call, and
-        those sent from now on. (One sent after it that has ended brought a newer reading, or
+        those sent from now on. (One sent after it that has ended brought a later reading, or
         ended in a fault that most likely spent nothing.) This is the one place a reading
         changes, wherever it comes from.
         """
         with self._lock:
+            current = backend.headroom
+            if current is not None:
+                gap = reading.as_of - current.as_of
+                if gap <= SENT_TOGETHER:
+                    # Calls sent together may reach the deployment in another order: of two
+                    # such readings, the later one states less room. A call sent well before
+                    # the held reading's brings old news.
+                    later = _admitted_later(reading, current) if gap >= -SENT_TOGETHER else None
+                    if not (gap > 0 if later is None else later):
+                        return
+                    if gap < 0:  # it holds the held reading's call too: count down from there
+                        reading = replace(reading, as_of=current.as_of)
             tokens = requests = 0
             for lease in reversed(backend.sent):  # newest first: stop at the first one it holds
                 if lease.sent_at <= reading.as_of:
                     break
                 tokens += lease.cost or 0
                 requests += 1
-            current = backend.headroom
-            # Calls sent together may be admitted in another order than they were sent: an
-            # older call's reading that arrives late is taken only when it leaves less room.
-            if current is not None and current.as_of >= reading.as_of and not _less_room(
-                    reading, tokens, requests,
-                    current, backend.spent_tokens, backend.spent_requests):
-                return
             backend.headroom = reading
             backend.spent_tokens, backend.spent_requests = tokens, requests
 
