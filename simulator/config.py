@@ -46,6 +46,7 @@ class DeploymentConfig:
     tpm: int = 1000
     rpm: int | None = None
     window_seconds: float = 60.0
+    rtt_ms: float = 0.0
     ttft_ms: float = 50.0
     ms_per_token: float = 10.0
     default_max_tokens: int = 16
@@ -153,6 +154,9 @@ DEPLOYMENT_FIELDS: tuple[Field, ...] = (
           "requests per window; null = Azure's ratio, 6 per 1000 tpm (at least 1)"),
     Field("window_seconds", _number(0.0, exclusive_min=True), 60.0,
           "length of the sliding window that tpm and rpm are counted over, seconds"),
+    Field("rtt_ms", _number(0.0), 0.0,
+          "network round trip added to every answer, 429s and errors too, milliseconds; the "
+          "call is admitted (or refused) when it arrives"),
     Field("ttft_ms", _number(0.0), 50.0,
           "time to first token, milliseconds (small so tests stay fast)"),
     Field("ms_per_token", _number(0.0), 10.0,

@@ -176,19 +176,23 @@ class _Handler(BaseHTTPRequestHandler):
         self, deployment: Deployment, operation: Operation, api_version: str, raw: bytes
     ) -> None:
         limits = _limit_headers(deployment, deployment.limiter.remaining())
+        rtt = deployment.config.rtt_ms / 1000  # every answer takes the round trip
         key = self.headers.get("api-key", "")
         if not hmac.compare_digest(key.encode(), deployment.config.apikey.encode()):
+            self._sleep(rtt)
             self._send_json(401, responses.UNAUTHORIZED, limits)
             return
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
+            self._sleep(rtt)
             self._send_json(400, responses.error(
                 "BadRequest", "We could not parse the JSON body of your request."), limits)
             return
         try:
             call = parse_call(operation, body, deployment.config.default_max_tokens)
         except BadRequest as exc:
+            self._sleep(rtt)
             self._send_json(400, responses.error("BadRequest", str(exc)), limits)
             return
 
@@ -197,14 +201,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # no answer: the socket is closed after return
             return
         if fault is Fault.ERROR_500:
+            self._sleep(rtt)
             self._send_json(500, responses.SERVER_ERROR, limits)
             return
-        decision = deployment.limiter.acquire(call.cost)
+        decision = deployment.limiter.acquire(call.cost)  # admitted (or not) on arrival
         if not decision.admitted:
+            self._sleep(rtt)
             self._send_throttled(deployment, call, api_version, decision)
             return
 
-        delay = deployment.first_token_delay()
+        delay = rtt + deployment.first_token_delay()
         if fault is Fault.SLOW:
             delay += deployment.config.slow_seconds
         if call.stream:
