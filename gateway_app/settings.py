@@ -191,7 +191,7 @@ class Settings:
     # minute's quota comes back at 1/60 a second), so a reading that says "full" grows wrong:
     # in 5 s at most 1/12 of the quota comes back unseen, and a deployment passed over is
     # tried again 5 s later at the latest; a burst of calls (what the count-down is for) is
-    # over by then. At most 10 s: Azure checks its limits over 10 s slices at the longest.
+    # over by then. At most 10 s: Azure evaluates rates over slices of 1 or 10 s.
     headroom_seconds: float = var("API_GATEWAY_HEADROOM_SECONDS", _number(0.0, 10.0), 5.0)
 
     # --- container information, shown by /instanceinfo ---
