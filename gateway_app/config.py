@@ -2,9 +2,11 @@
 
 The original file, ``{"endpoints": [{"uri": ..., "apikey": ...}]}``, is valid as it is. Optional
 per-endpoint fields: ``apikeyEnv`` (read the key from that environment variable instead of the
-file), ``priority`` (an explicit order; ties keep file order) and ``timeout`` (read timeout in
-seconds for this endpoint). Optional sections: ``clientKeys`` (keys applications must send) and
-``deployments`` (named pools of backends for the Azure-style and /v1 routes).
+file), ``priority`` (an explicit order; ties keep file order), ``timeout`` (read timeout in
+seconds for this endpoint) and ``utilizationLimit`` (percent: above the deployment's latest
+utilization reading, calls go to the next priority). Optional sections: ``clientKeys`` (keys
+applications must send) and ``deployments`` (named pools of backends for the Azure-style and
+/v1 routes).
 
 Limits: a deployment listed twice (the same ``uri`` in ``endpoints``, the same endpoint and
 deployment in one pool) is refused, naming both indexes; a list holds at most ``MAX_BACKENDS``
@@ -56,6 +58,7 @@ class EndpointConfig:
     priority: int
     timeout: float | None = None
     weight: float = 1.0
+    utilization_limit: float | None = None  # percent of a provisioned deployment's capacity
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class _BackendSchema(Schema):
     # at most an hour of silence: far above any model's wait, and beyond about 1e10 seconds the
     # socket layer raises OverflowError on every call instead of waiting
     timeout = fields.Float(validate=validate.Range(min=0, max=MAX_TIMEOUT, min_inclusive=False))
+    # percent; the azure-openai-deployment-utilization of a provisioned deployment above which
+    # calls go to the next priority (headroom routing)
+    utilizationLimit = fields.Float(validate=validate.Range(min=0, max=100))
 
     @validates_schema
     def one_key_source(self, data: dict[str, Any], **_: Any) -> None:
@@ -233,7 +239,8 @@ def parse_config(document: Any, environ: Mapping[str, str]) -> GatewayConfig:
         key = _secret(entry, "apikey", "apikeyEnv", f"endpoints[{index}]", environ)
         endpoints.append(EndpointConfig(uri=entry["uri"], api_key=key,
                                         priority=entry.get("priority", index),
-                                        timeout=entry.get("timeout")))
+                                        timeout=entry.get("timeout"),
+                                        utilization_limit=entry.get("utilizationLimit")))
     pools = {name: _pool(name, pool, environ)
              for name, pool in data.get("deployments", {}).items()}
     client_keys = {}
@@ -254,7 +261,7 @@ def _pool(name: str, pool: dict[str, Any], environ: Mapping[str, str]) -> PoolCo
         backends.append(EndpointConfig(
             uri=_pool_uri(entry), api_key=_secret(entry, "apikey", "apikeyEnv", where, environ),
             priority=entry.get("priority", index), timeout=entry.get("timeout"),
-            weight=entry.get("weight", 1.0)))
+            weight=entry.get("weight", 1.0), utilization_limit=entry.get("utilizationLimit")))
     return PoolConfig(name, sorted(backends, key=lambda e: e.priority),
                       pool.get("apiVersion", DEFAULT_API_VERSION))
 

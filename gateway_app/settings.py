@@ -102,6 +102,12 @@ def _log_format(raw: str) -> str:
     return raw.strip().lower()
 
 
+def _on_off(raw: str) -> str:
+    if raw.strip().lower() not in ("on", "off"):
+        raise ValueError(f"must be on or off, got {raw!r}")
+    return raw.strip().lower()
+
+
 def _key_list(raw: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
 
@@ -301,6 +307,19 @@ class Settings:
     # port fails to start, as before.
     reuse_port: bool = var("API_GATEWAY_REUSE_PORT", _flag, False)
 
+    # --- headroom routing (README, "Headroom routing") ---
+    # on: a deployment whose latest x-ratelimit-remaining-* reading, less the estimated cost of
+    # what was sent to it since, cannot fit a call is passed over before it answers 429: each
+    # 429 costs the client a round trip and counts against the quota for nothing. off: only a
+    # 429 moves traffic, as in the original.
+    headroom: str = var("API_GATEWAY_HEADROOM", _on_off, "on")
+    # seconds a reading is trusted after it arrives. Azure refills its windows continuously (a
+    # minute's quota comes back at 1/60 a second), so a reading that says "full" grows wrong:
+    # in 5 s at most 1/12 of the quota comes back unseen, and a deployment passed over is
+    # tried again 5 s later at the latest; a burst of calls (what the count-down is for) is
+    # over by then. At most 10 s: Azure evaluates rates over slices of 1 or 10 s.
+    headroom_seconds: float = var("API_GATEWAY_HEADROOM_SECONDS", _number(0.0, 10.0), 5.0)
+
     # --- container information, shown by /instanceinfo ---
     image_id: str = var("IMAGE_ID", _optional, "")
     node_name: str = var("NODE_NAME", _optional, "")
@@ -330,6 +349,10 @@ class Settings:
     @property
     def logging_level(self) -> int:
         return LOG_LEVELS[self.log_level]
+
+    @property
+    def headroom_on(self) -> bool:
+        return self.headroom == "on"
 
     @property
     def metrics_interval_seconds(self) -> float:

@@ -4,9 +4,9 @@
 
 Starts the bundled Azure OpenAI simulator (simulator/deployments.json: primary, secondary and
 tertiary with small quotas) in this process, and the gateway as ``python wsgi.py`` with a demo
-environment. Sends one burst through the gateway (scripts/traffic.py) so that primary is
-throttled and traffic moves to secondary, then tertiary. Then shows the gateway's log until
-Ctrl-C or SIGTERM, stops everything it started and exits 0.
+environment. Sends one burst through the gateway (scripts/traffic.py) so that primary fills up
+(a 429, or its answers say it is full) and traffic moves to secondary, then tertiary. Then shows
+the gateway's log until Ctrl-C or SIGTERM, stops everything it started and exits 0.
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ def _epilog() -> str:
 def _show(value: object) -> str:
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
     return str(value)

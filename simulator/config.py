@@ -46,6 +46,7 @@ class DeploymentConfig:
     tpm: int = 1000
     rpm: int | None = None
     window_seconds: float = 60.0
+    rtt_ms: float = 0.0
     ttft_ms: float = 50.0
     ms_per_token: float = 10.0
     default_max_tokens: int = 16
@@ -55,6 +56,7 @@ class DeploymentConfig:
     slow_seconds: float = 5.0
     drop_rate: float = 0.0
     seed: int | None = None
+    provisioned: bool = False
 
     @property
     def effective_rpm(self) -> int:
@@ -127,6 +129,15 @@ def _number(minimum: float, maximum: float | None = None, exclusive_min: bool = 
     return check
 
 
+def _bool(value: Any) -> bool:
+    # "true"/"false" as well: --deployment passes every value as text
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
 _rate = _number(0.0, 1.0)
 
 DEPLOYMENT_FIELDS: tuple[Field, ...] = (
@@ -143,6 +154,9 @@ DEPLOYMENT_FIELDS: tuple[Field, ...] = (
           "requests per window; null = Azure's ratio, 6 per 1000 tpm (at least 1)"),
     Field("window_seconds", _number(0.0, exclusive_min=True), 60.0,
           "length of the sliding window that tpm and rpm are counted over, seconds"),
+    Field("rtt_ms", _number(0.0), 0.0,
+          "network round trip added to every answer, 429s and errors too, milliseconds; the "
+          "call is admitted (or refused) when it arrives"),
     Field("ttft_ms", _number(0.0), 50.0,
           "time to first token, milliseconds (small so tests stay fast)"),
     Field("ms_per_token", _number(0.0), 10.0,
@@ -161,6 +175,9 @@ DEPLOYMENT_FIELDS: tuple[Field, ...] = (
           "share of calls whose connection is closed without an answer, 0.0-1.0"),
     Field("seed", _int(-(2**63), 2**63 - 1, nullable=True), None,
           "seed of this deployment's fault dice; null = a fresh random seed"),
+    Field("provisioned", _bool, False,
+          "play a provisioned (PTU) deployment: answers say azure-openai-deployment-utilization "
+          "(tokens in use in the window / tpm, percent) instead of x-ratelimit-remaining-*"),
 )
 _FIELDS_BY_NAME = {f.name: f for f in DEPLOYMENT_FIELDS}
 _STRING_FIELDS = {"name", "apikey", "model"}

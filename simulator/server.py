@@ -175,20 +175,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(
         self, deployment: Deployment, operation: Operation, api_version: str, raw: bytes
     ) -> None:
-        limits = _limit_headers(deployment.limiter.remaining())
+        limits = _limit_headers(deployment, deployment.limiter.remaining())
+        rtt = deployment.config.rtt_ms / 1000  # every answer takes the round trip
         key = self.headers.get("api-key", "")
         if not hmac.compare_digest(key.encode(), deployment.config.apikey.encode()):
+            self._sleep(rtt)
             self._send_json(401, responses.UNAUTHORIZED, limits)
             return
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
+            self._sleep(rtt)
             self._send_json(400, responses.error(
                 "BadRequest", "We could not parse the JSON body of your request."), limits)
             return
         try:
             call = parse_call(operation, body, deployment.config.default_max_tokens)
         except BadRequest as exc:
+            self._sleep(rtt)
             self._send_json(400, responses.error("BadRequest", str(exc)), limits)
             return
 
@@ -197,14 +201,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # no answer: the socket is closed after return
             return
         if fault is Fault.ERROR_500:
+            self._sleep(rtt)
             self._send_json(500, responses.SERVER_ERROR, limits)
             return
-        decision = deployment.limiter.acquire(call.cost)
+        decision = deployment.limiter.acquire(call.cost)  # admitted (or not) on arrival
         if not decision.admitted:
-            self._send_throttled(call, api_version, decision)
+            self._sleep(rtt)
+            self._send_throttled(deployment, call, api_version, decision)
             return
 
-        delay = deployment.first_token_delay()
+        delay = rtt + deployment.first_token_delay()
         if fault is Fault.SLOW:
             delay += deployment.config.slow_seconds
         if call.stream:
@@ -220,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._sleep(delay + max(call.max_tokens - 1, 0) * deployment.token_delay())
             body = responses.completion(call, model)
-        self._send_json(200, body, _limit_headers(decision))
+        self._send_json(200, body, _limit_headers(deployment, decision))
 
     def _stream(self, deployment: Deployment, call: Call, decision: Decision, delay: float) -> None:
         self._sleep(delay)
@@ -228,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
-        for name, value in _limit_headers(decision).items():
+        for name, value in _limit_headers(deployment, decision).items():
             self.send_header(name, value)
         self.send_header("x-request-id", str(uuid.uuid4()))
         if chunked:
@@ -250,10 +256,11 @@ class _Handler(BaseHTTPRequestHandler):
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
 
-    def _send_throttled(self, call: Call, api_version: str, decision: Decision) -> None:
+    def _send_throttled(self, deployment: Deployment, call: Call, api_version: str,
+                        decision: Decision) -> None:
         millis = max(1, math.ceil(decision.retry_after * 1000))
         seconds = math.ceil(millis / 1000)  # whole seconds, rounded up: never too early
-        headers = _limit_headers(decision)
+        headers = _limit_headers(deployment, decision)
         headers["retry-after"] = str(seconds)
         headers["retry-after-ms"] = str(millis)
         body = responses.rate_limit_error(call, api_version, decision.limit, seconds)
@@ -312,11 +319,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def _limit_headers(left: Decision | tuple[int, int]) -> dict[str, str]:
-    """The x-ratelimit-remaining-* headers, from a decision or a (requests, tokens) pair."""
+def _limit_headers(deployment: Deployment,
+                   left: Decision | tuple[int, int]) -> dict[str, str]:
+    """What is left after this call, from a decision or a (requests, tokens) pair: the
+    x-ratelimit-remaining-* headers of a standard deployment, or a provisioned one's
+    azure-openai-deployment-utilization (the share of the window's tokens in use)."""
     if isinstance(left, Decision):
         left = (left.remaining_requests, left.remaining_tokens)
     requests_left, tokens_left = left
+    if deployment.config.provisioned:
+        tokens = deployment.limiter.tokens
+        return {"azure-openai-deployment-utilization":
+                f"{(tokens - tokens_left) * 100 / tokens:.1f}%"}
     return {
         "x-ratelimit-remaining-requests": str(requests_left),
         "x-ratelimit-remaining-tokens": str(tokens_left),

@@ -14,7 +14,7 @@ import urllib3
 from gateway_app.config import EndpointConfig, GatewayConfig
 from gateway_app.keys import ClientKeys
 from gateway_app.routing.proxy import Attempt, Attempts, Call, Proxy
-from gateway_app.routing.registry import Registry
+from gateway_app.routing.registry import Registry, Skip
 from gateway_app.routing.telemetry import Telemetry
 from gateway_app.routing.transport import BackendReply
 from gateway_app.settings import Settings
@@ -109,3 +109,7 @@ def test_attempts_print_as_the_log_shows_them():
     assert attempts.throttled
     assert [a.kind for a in attempts] == ["429", "error", "2xx"]
     assert str(Attempts()) == "-" and not Attempts().throttled
+    passed = Attempts([Attempt(0, skip=Skip.HEADROOM), Attempt(1, skip=Skip.UTILIZATION),
+                       Attempt(2, 200)])
+    assert str(passed) == "0:skip-headroom,1:skip-utilization,2:200"
+    assert passed.sent == 1 and not passed.throttled

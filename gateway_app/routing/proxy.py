@@ -4,6 +4,10 @@ Backends are tried in priority order, skipping those cooling down. A 429 cools t
 its retry-after and the next one is tried at once; a fault (connection error, timeout, 5xx, a
 stream that breaks before its first byte) benches it briefly and the next one is tried. Any
 other answer, including a client error, goes back to the client as it is.
+
+With headroom routing on, a backend whose latest reading says the call would not fit is passed
+over too, without a cooldown; when the readings say it fits nowhere, those backends are tried
+in order anyway: a reading is an estimate and may be stale, so it never refuses a call.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from ..errors import error_body
 from ..logs import Fields, log_fields
 from ..settings import Settings
 from .headers import backend_headers, client_headers
-from .registry import Lease, PoolEntry, Registry
+from .headroom import Headroom
+from .registry import Lease, PoolEntry, Registry, Skip
 from .retry_after import retry_after_seconds, whole_seconds
 from .sse import EventSplitter, Usage, is_usage_only, usage_of
 from .telemetry import Telemetry, status_class
@@ -58,6 +63,7 @@ class Call:
     request_id: str
     client: str | None = None  # the client key's name, when keys are required
     content_type: str | None = None  # a body that is not JSON is passed on with its type
+    cost: int = 0  # Azure's admission estimate in tokens (routing/cost.py); 0 when not JSON
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -77,18 +83,22 @@ class ClientAnswer:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One try of one backend: its HTTP status, or the error that stood for an answer."""
+    """One try of one backend: its HTTP status, or the error that stood for an answer; or a
+    backend passed over by headroom routing (nothing was sent)."""
 
     priority: int
     status: int = 0  # 0: the backend gave no status
     error: str = ""  # then, the exception that stood for it (its class name)
+    skip: Skip | None = None  # passed over, and why
 
     @property
     def kind(self) -> str:
         """The class Prometheus counts it under: 2xx, 4xx, 429, 5xx, or error."""
         return status_class(self.status) if self.status else "error"
 
-    def __str__(self) -> str:  # what the log line and headers show, e.g. "0:429"
+    def __str__(self) -> str:  # what the log line shows, e.g. "0:429" or "0:skip-headroom"
+        if self.skip is not None:
+            return f"{self.priority}:skip-{self.skip.value}"
         return f"{self.priority}:{self.status or self.error}"
 
 
@@ -98,6 +108,11 @@ class Attempts(list[Attempt]):
     @property
     def throttled(self) -> bool:
         return any(a.status == 429 for a in self)
+
+    @property
+    def sent(self) -> int:
+        """Attempts that reached a backend (not passed over)."""
+        return sum(1 for a in self if a.skip is None)
 
     def __str__(self) -> str:
         return ",".join(map(str, self)) or "-"
@@ -141,6 +156,7 @@ class Proxy:
         self.registry = registry
         self.settings = settings
         self.telemetry = telemetry
+        self.headroom = settings.headroom_on
 
     def forward(self, call: Call, entries: Sequence[PoolEntry],
                 target: Callable[[PoolEntry], str] = _own_url,
@@ -152,23 +168,49 @@ class Proxy:
         deployments cannot hold a worker for the sum of their timeouts.
         """
         attempts = Attempts()
+        cost = call.cost if self.headroom else None
         deadline = call.started + self.settings.failover_timeout
+        passed: list[PoolEntry] = []
         for entry in entries:
-            if len(attempts) >= self.settings.max_attempts or time.monotonic() > deadline:
+            if self._out_of_tries(attempts, deadline):
                 break
-            lease = self.registry.acquire(entry)
-            if lease is None:
-                continue
-            try:
-                answer = self._attempt(lease, target(entry), call, attempts, client_gone)
-            except BaseException:
-                lease.abandon()  # the in-flight count is given back whatever went wrong
-                raise
-            if answer is not None:
-                self.registry.count_client_call(served=answer.served)
-                return answer
+            lease = self.registry.acquire(entry, cost)
+            if isinstance(lease, Skip):
+                attempts.append(Attempt(entry.priority, skip=lease))
+                self.telemetry.skipped(entry, lease.value)
+                passed.append(entry)
+            elif lease is not None:
+                answer = self._try(lease, target(entry), call, attempts, client_gone)
+                if answer is not None:
+                    return answer
+        # The readings said these could not take the call, but they are estimates and may be
+        # stale: try them in order rather than refuse a call that one of them may serve.
+        for entry in passed:
+            if self._out_of_tries(attempts, deadline):
+                break
+            lease = self.registry.acquire(entry, cost, fit=False)
+            if isinstance(lease, Lease):
+                answer = self._try(lease, target(entry), call, attempts, client_gone)
+                if answer is not None:
+                    return answer
         self.registry.count_client_call(served=False)
         return self._unavailable(call, attempts, entries)
+
+    def _try(self, lease: Lease, url: str, call: Call, attempts: Attempts,
+             client_gone: Callable[[], bool]) -> ClientAnswer | None:
+        """One attempt on a lease: the answer to relay (counted as served), or None."""
+        try:
+            answer = self._attempt(lease, url, call, attempts, client_gone)
+        except BaseException:
+            lease.abandon()  # the in-flight count is given back whatever went wrong
+            raise
+        if answer is not None:
+            self.registry.count_client_call(served=answer.served)
+        return answer
+
+    def _out_of_tries(self, attempts: Attempts, deadline: float) -> bool:
+        """API_GATEWAY_MAX_ATTEMPTS backends were sent the call, or FAILOVER_TIMEOUT passed."""
+        return attempts.sent >= self.settings.max_attempts or time.monotonic() > deadline
 
     def _attempt(self, lease: Lease, url: str, call: Call, attempts: Attempts,
                  client_gone: Callable[[], bool]) -> ClientAnswer | None:
@@ -183,6 +225,10 @@ class Proxy:
         except STREAM_ERRORS as exc:
             return self._fault(lease, attempts, Attempt(entry.priority, error=type(exc).__name__))
         status = response.status_code
+        if lease.cost is not None:  # headroom routing: every answer says how much room is left
+            reading = Headroom.from_headers(response.headers, time.monotonic(), lease.sent_at)
+            if reading is not None:
+                self.registry.observe(lease.backend, reading)
         if status == 429:
             cooldown = retry_after_seconds(response.headers, self.settings.default_retry_after,
                                            self.settings.max_retry_after)
@@ -217,7 +263,7 @@ class Proxy:
             return self._fault(lease, attempts, Attempt(entry.priority, error=type(exc).__name__))
         attempts.append(Attempt(entry.priority, status))
         headers = client_headers(response.raw.headers.iteritems(), call.request_id,
-                                 entry.priority, len(attempts))
+                                 entry.priority, attempts.sent)
         if relayed_encoding:
             headers.append(("content-encoding", relayed_encoding))
         if streamed:

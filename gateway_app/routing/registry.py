@@ -18,17 +18,22 @@ With replicas sharing state (gateway_app/cluster/), the registry stays the one h
 it tells ``cooldown_listeners`` when a backend enters a cooldown (after its lock is released;
 a listener only queues the event), and :meth:`Registry.apply_cooldown` takes another
 replica's cooldown (extending, never shortening). Routing reads only this local copy.
+
+Headroom routing: each backend keeps the latest :class:`Headroom` its answers stated and counts
+down from it the estimated cost of every call sent since, so :meth:`Registry.acquire` can pass
+over a backend that a call would not fit, before it answers 429 (README, "Headroom routing").
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +42,7 @@ import urllib3
 
 from ..config import EndpointConfig, GatewayConfig
 from ..keys import ClientKeys
+from .headroom import Headroom
 from .metrics import EndpointMetrics, metrics_json
 from .sse import Usage
 from .transport import Transport
@@ -51,6 +57,10 @@ DEFAULT_POOL = "/lb"
 _DEPLOYMENT_PATH = re.compile(r"^(.*?/openai/deployments/[^/]+)")
 # 2 ** 60 seconds is forever; a larger exponent only risks an OverflowError
 _MAX_DOUBLINGS = 60
+# Seconds within which calls sent one after the other may reach a deployment in either order
+# (threads and connections race; the network adds jitter): their readings are ordered by what
+# they state, not by when they were sent.
+SENT_TOGETHER = 0.1
 
 
 def deployment_of(url: str) -> tuple[str, str]:
@@ -88,6 +98,12 @@ class Backend:
     fault_streak: int = 0
     in_flight: int = 0
     retired: bool = False  # listed by no pool since the last reload
+    # headroom routing: the latest reading, and what was sent since it (see Registry.observe)
+    headroom: Headroom | None = None
+    spent_tokens: int = 0
+    spent_requests: int = 0
+    # leases in flight that count against the reading, oldest first (a dict: ordered, O(1) pop)
+    sent: dict[Lease, None] = field(default_factory=dict, repr=False)
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.cooldown_until - now)
@@ -106,6 +122,7 @@ class PoolEntry:
     read_timeout: float | None
     metrics: EndpointMetrics = field(repr=False)
     timeout: urllib3.Timeout = field(repr=False)
+    utilization_limit: float | None = None  # percent; above it, calls go to the next priority
     retired: bool = False
     label: str = ""  # endpoint_label(url), for Prometheus
 
@@ -132,6 +149,23 @@ class Snapshot:
     def backends(self) -> list[Backend]:
         """Each backend once, in the order pools first list them."""
         return list({id(e.backend): e.backend for e in self.entries()}.values())
+
+
+class Skip(enum.Enum):
+    """Why :meth:`Registry.acquire` passed over a backend that is not cooling down."""
+
+    HEADROOM = "headroom"  # its latest reading, less what was sent since, cannot fit the call
+    UTILIZATION = "utilization"  # its latest utilization is above the entry's limit
+
+
+def _admitted_later(a: Headroom, b: Headroom) -> bool | None:
+    """Whether the deployment stated ``a`` after ``b``, by what they state: each call it
+    admits leaves one request and some tokens fewer. None: they do not tell."""
+    if a.requests is not None and b.requests is not None and a.requests != b.requests:
+        return a.requests < b.requests
+    if a.tokens is not None and b.tokens is not None and a.tokens != b.tokens:
+        return a.tokens < b.tokens
+    return None
 
 
 @dataclass(frozen=True)
@@ -168,13 +202,16 @@ class Lease:
     a normal end.
     """
 
-    __slots__ = ("_registry", "backend", "ended", "entry")
+    __slots__ = ("_registry", "backend", "cost", "ended", "entry", "sent_at")
 
-    def __init__(self, registry: Registry, entry: PoolEntry, backend: Backend) -> None:
+    def __init__(self, registry: Registry, entry: PoolEntry, backend: Backend,
+                 sent_at: float = 0.0, cost: int | None = None) -> None:
         self._registry = registry
         self.entry = entry
         self.backend = backend  # the one whose in-flight count this lease holds
         self.ended = False
+        self.sent_at = sent_at  # time.monotonic() when acquired, just before it is sent
+        self.cost = cost  # estimated tokens counted down from the headroom; None: not counted
 
     def succeeded(self, latency_ms: float, usage: Usage | None) -> None:
         """The backend answered (2xx, or a client error relayed as it is)."""
@@ -200,8 +237,10 @@ class Registry:
 
     def __init__(self, max_connections: int, history_size: int,
                  failure_cooldown: float, failure_cooldown_max: float,
-                 connect_timeout: float, read_timeout: float) -> None:
+                 connect_timeout: float, read_timeout: float,
+                 headroom_seconds: float = 5.0) -> None:
         self._lock = threading.Lock()
+        self._headroom_seconds = headroom_seconds  # how long a reading is trusted
         self._max_connections = max_connections
         self._history_size = history_size
         self._failure_cooldown = failure_cooldown
@@ -247,9 +286,10 @@ class Registry:
                     return PoolEntry(pool, backend, cfg.uri, cfg.api_key, priority, cfg.weight,
                                      cfg.timeout,
                                      EndpointMetrics(self._history_size, self.interval_start(now)),
-                                     timeout)
+                                     timeout, cfg.utilization_limit)
                 found.backend, found.api_key, found.priority = backend, cfg.api_key, priority
                 found.weight, found.read_timeout, found.timeout = cfg.weight, cfg.timeout, timeout
+                found.utilization_limit = cfg.utilization_limit
                 return found
 
             lb = tuple(entry(DEFAULT_POOL, cfg, position)
@@ -281,24 +321,103 @@ class Registry:
         return sorted(entries, key=lambda e: (e.priority, -random.random() ** (1 / e.weight)))
 
     # --- one call --------------------------------------------------------------------------
-    def acquire(self, entry: PoolEntry) -> Lease | None:
+    def acquire(self, entry: PoolEntry, cost: int | None = None,
+                fit: bool = True) -> Lease | Skip | None:
         """A lease on ``entry`` unless its backend is cooling down or a reload removed it.
 
         Both checks and the count happen under the lock, so a reload cannot retire the
         backend between them unseen.
+
+        With ``cost`` (headroom routing on), the call's estimated tokens and one request are
+        counted down from the backend's latest reading. With ``fit`` too, a backend whose
+        reading cannot fit them, or whose utilization is above the entry's limit, is passed
+        over (:meth:`_no_room`): the answer says why, and nothing is counted. Check and count
+        are one step under the lock, so concurrent calls cannot all take the last room.
         """
         backend = entry.backend
         with self._lock:
-            if entry.retired or backend.retired or backend.cooldown_until > time.monotonic():
+            now = time.monotonic()
+            if entry.retired or backend.retired or backend.cooldown_until > now:
                 return None
+            if cost is not None:
+                if fit:
+                    skip = self._no_room(entry, backend, cost, now)
+                    if skip is not None:
+                        return skip
+                backend.spent_tokens += cost
+                backend.spent_requests += 1
             backend.in_flight += 1
-        return Lease(self, entry, backend)
+            lease = Lease(self, entry, backend, now, cost)
+            if cost is not None:
+                backend.sent[lease] = None
+        return lease
+
+    def _no_room(self, entry: PoolEntry, backend: Backend, cost: int, now: float) -> Skip | None:
+        """Lock held. Why the backend's latest reading says the call would not fit, if it does.
+
+        A reading older than the headroom seconds, or than a cooldown that began after it, no
+        longer keeps calls away (the deployment refills as time passes), but until a new one
+        arrives, calls go one at a time: the first finds out, and a burst does not all go to a
+        deployment that may still be full.
+        """
+        reading = backend.headroom
+        if reading is None:
+            return None  # never read: only a 429 can tell
+        limit = entry.utilization_limit
+        if limit is not None and reading.utilization is not None and reading.utilization > limit:
+            skip = Skip.UTILIZATION
+        elif ((reading.tokens is not None and reading.tokens - backend.spent_tokens < cost)
+              or (reading.requests is not None and reading.requests - backend.spent_requests < 1)):
+            skip = Skip.HEADROOM
+        else:
+            return None
+        expired = reading.read_at + self._headroom_seconds
+        if reading.as_of < backend.cooldown_until < expired:
+            # a cooldown since: its retry-after tells better when the deployment has room
+            expired = backend.cooldown_until
+        if now <= expired:
+            return skip
+        # too old to trust: pass it over only while a call sent since is out finding out
+        return skip if backend.sent and next(reversed(backend.sent)).sent_at > expired else None
+
+    def observe(self, backend: Backend, reading: Headroom) -> None:
+        """Take ``reading`` as the backend's latest, unless the one it holds is later.
+
+        The reading already holds the call it came with and those sent before it, so what is
+        counted down from it is the calls still in flight that were sent after that call, and
+        those sent from now on. (One sent after it that has ended brought a later reading, or
+        ended in a fault that most likely spent nothing.) This is the one place a reading
+        changes, wherever it comes from.
+        """
+        with self._lock:
+            current = backend.headroom
+            if current is not None:
+                gap = reading.as_of - current.as_of
+                if gap <= SENT_TOGETHER:
+                    # Calls sent together may reach the deployment in another order: of two
+                    # such readings, the later one states less room. A call sent well before
+                    # the held reading's brings old news.
+                    later = _admitted_later(reading, current) if gap >= -SENT_TOGETHER else None
+                    if not (gap > 0 if later is None else later):
+                        return
+                    if gap < 0:  # it holds the held reading's call too: count down from there
+                        reading = replace(reading, as_of=current.as_of)
+            tokens = requests = 0
+            for lease in reversed(backend.sent):  # newest first: stop at the first one it holds
+                if lease.sent_at <= reading.as_of:
+                    break
+                tokens += lease.cost or 0
+                requests += 1
+            backend.headroom = reading
+            backend.spent_tokens, backend.spent_requests = tokens, requests
 
     def _release(self, lease: Lease) -> bool:
         """Lock held. End the lease; True when a retired backend's Session can be closed."""
         lease.ended = True
         backend = lease.backend
         backend.in_flight -= 1
+        if lease.cost is not None:
+            del backend.sent[lease]
         return backend.retired and backend.in_flight == 0
 
     def _end(self, lease: Lease, update: Callable[[], CooldownEvent | None]) -> None:

@@ -97,6 +97,7 @@ class Telemetry:
         self._calls: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._tokens: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._cooldowns: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._skips: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self._latency: defaultdict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
         self._ttft: defaultdict[tuple[str, str], _Histogram] = defaultdict(_Histogram)
         self._registry = registry  # it counts the client calls (served or not) already
@@ -125,6 +126,12 @@ class Telemetry:
             self._calls[pool, label, kind] += 1
             self._cooldowns[pool, label, reason] += 1
 
+    def skipped(self, entry: PoolEntry, reason: str) -> None:
+        """Headroom routing passed an endpoint over: its reading said the call would not fit
+        ("headroom") or its utilization was above its limit ("utilization")."""
+        with self._lock:
+            self._skips[entry.pool, entry.label, reason] += 1
+
     def families(self) -> list[Metric]:
         """The call metrics as Prometheus families, copied under the lock."""
         calls = CounterMetricFamily("apirouter_backend_calls",
@@ -135,6 +142,11 @@ class Telemetry:
                                      labels=[*ENTRY_LABELS, "kind"])
         cooldowns = CounterMetricFamily("apirouter_cooldowns", "Cooldowns an endpoint entered",
                                         labels=[*ENTRY_LABELS, "reason"])
+        skips = CounterMetricFamily("apirouter_skips",
+                                    "Calls that passed an endpoint over without sending: its "
+                                    "remaining budget could not fit them (headroom) or its "
+                                    "utilization was above its limit (utilization)",
+                                    labels=[*ENTRY_LABELS, "reason"])
         clients = CounterMetricFamily("apirouter_client_calls",
                                       "Client calls: served by an endpoint or by none",
                                       labels=["outcome"])
@@ -146,7 +158,7 @@ class Telemetry:
                                      labels=ENTRY_LABELS)
         with self._lock:
             for family, counts in ((calls, self._calls), (tokens, self._tokens),
-                                   (cooldowns, self._cooldowns)):
+                                   (cooldowns, self._cooldowns), (skips, self._skips)):
                 for labels, value in counts.items():
                     family.add_metric(list(labels), value)
             for family, histograms in ((latency, self._latency), (ttft, self._ttft)):
@@ -155,7 +167,7 @@ class Telemetry:
         served, unserved = self._registry.client_calls()
         clients.add_metric(["served"], served)
         clients.add_metric(["unserved"], unserved)
-        return [calls, tokens, latency, ttft, cooldowns, clients]
+        return [calls, tokens, latency, ttft, cooldowns, skips, clients]
 
     def render(self) -> bytes:
         return generate_latest(self.prometheus)

@@ -16,6 +16,7 @@ from ..errors import json_error
 from ..gateway import Gateway
 from ..json_depth import MAX_JSON_DEPTH, nests_deeper
 from ..keys import same_secret
+from ..routing.cost import estimate_cost
 from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from ..routing.proxy import Call, ClientAnswer
 from ..routing.retry_after import whole_seconds
@@ -56,7 +57,8 @@ def read_call(json_only: bool = True) -> Call | Response:
     """The client's OpenAI request, or a 400 saying what is wrong with it.
 
     With ``json_only`` false, a body that is not JSON (a multipart upload, say) is passed on
-    as it is, with its content type.
+    as it is, with its content type, and costs 0 tokens (only its request counts). A JSON call
+    is given Azure's admission estimate here, once (routing/cost.py).
     """
     body = request.get_data(cache=False)
     environ = request.environ
@@ -79,7 +81,7 @@ def read_call(json_only: bool = True) -> Call | Response:
     if nests_deeper(payload):
         return _too_deep()
     return Call(body=body, payload=payload, headers=forwarded, request_id=rid,
-                client=g.get("client"))
+                client=g.get("client"), cost=estimate_cost(payload))
 
 
 def _too_deep() -> Response:

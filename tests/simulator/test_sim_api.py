@@ -137,6 +137,20 @@ def test_every_deployment_answer_has_ratelimit_headers(sim):
     assert refused.headers["x-ratelimit-remaining-requests"] == "9"
 
 
+def test_a_provisioned_deployment_states_its_utilization_instead(sim):
+    s = sim({"tpm": 1000, "rpm": 10, "provisioned": True})
+    ok = s.post(body=CHAT)  # 10 prompt tokens + 5: 15 of 1000 in use
+    assert ok.headers["azure-openai-deployment-utilization"] == "1.5%"
+    assert "x-ratelimit-remaining-tokens" not in ok.headers
+    assert "x-ratelimit-remaining-requests" not in ok.headers
+    big = s.post(body={**CHAT, "max_tokens": 975})  # 985 more: 1000 of 1000
+    assert big.headers["azure-openai-deployment-utilization"] == "100.0%"
+    refused = s.post(body=CHAT)
+    assert refused.status_code == 429
+    assert refused.headers["azure-openai-deployment-utilization"] == "100.0%"
+    assert s.post(key="wrong").headers["azure-openai-deployment-utilization"] == "100.0%"
+
+
 def test_a_body_over_the_limit_is_413_and_the_connection_closed(sim):
     s = sim()
     conn = http.client.HTTPConnection("127.0.0.1", s.server.port, timeout=5)

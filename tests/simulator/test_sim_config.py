@@ -109,3 +109,11 @@ def test_deployment_spec():
                     "model": "m"}
     with pytest.raises(ConfigError, match="key=value"):
         deployment_from_spec("name")
+
+
+def test_provisioned_is_true_or_false_in_a_file_and_in_a_spec():
+    assert parse_config(one(provisioned=True)).deployments[0].provisioned
+    spec = deployment_from_spec("name=d1,apikey=k1,provisioned=true")
+    assert parse_config({"deployments": [spec]}).deployments[0].provisioned
+    with pytest.raises(ConfigError, match=r"provisioned: must be true or false, got 1"):
+        parse_config(one(provisioned=1))

@@ -136,3 +136,11 @@ def test_deployments_have_separate_quotas(sim):
     assert s.post().status_code == 200
     assert s.post().status_code == 429
     assert s.post(name="d2", key="k2").status_code == 200
+
+
+def test_every_answer_takes_the_round_trip_and_the_call_is_admitted_on_arrival(sim):
+    s = sim({"tpm": 100_000, "rpm": 1, "rtt_ms": 200})
+    for key, status in (("wrong", 401), ("k1", 200), ("k1", 429)):
+        started = time.monotonic()
+        assert s.post(key=key).status_code == status
+        assert time.monotonic() - started >= 0.2
