@@ -385,3 +385,19 @@ def test_several_processes_share_one_port_with_redis_as_their_state(
     wait_until(primary_benched_for_both, timeout=10)
     assert [call() for _ in range(5)] == [200] * 5
     assert primary.calls == 1  # its 429 benched it for both processes
+
+
+def test_a_remaining_budget_read_by_one_replica_steers_the_others(
+        tmp_path, fake, redis_server, replicas):
+    """Headroom readings are shared like cooldowns: b passes over the deployment a saw full."""
+    nearly_full = {"x-ratelimit-remaining-requests": "5", "x-ratelimit-remaining-tokens": "3"}
+    primary, secondary = fake(default=reply(200, None, nearly_full)), fake()
+    a = Replica(tmp_path, "a", [primary, secondary], redis_server.url)
+    b = Replica(tmp_path, "b", [primary, secondary], redis_server.url)
+    replicas += [a, b]
+    assert a.lb().headers["x-apirouter-endpoint"] == "0"  # the answer says 3 tokens are left
+    uri = primary.uri()
+    wait_until(lambda: b.endpoints()[uri].get("headroom", {}).get("tokens") == 3, timeout=5)
+    r = b.lb()  # costs more than 3 tokens (the answer budget alone is 16)
+    assert r.status_code == 200 and r.headers["x-apirouter-endpoint"] == "1"
+    assert primary.calls == 1  # b never asked the deployment a saw full

@@ -35,9 +35,9 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..routing.registry import CooldownEvent, Registry
+from ..routing.registry import CooldownEvent, ReadingEvent, Registry
 from ..settings import Settings, redacted_url
-from .messages import KINDS, Cooldown, Message, ReloadAnswer, ReloadRequest, decode
+from .messages import KINDS, Cooldown, Message, Reading, ReloadAnswer, ReloadRequest, decode
 from .view import MetricsView
 
 log = logging.getLogger("apirouter")
@@ -48,6 +48,10 @@ QUEUE_LIMIT = 10_000
 MAX_BACKOFF = 2.0
 # how many propagation times are kept for /instanceinfo's percentiles
 LAG_SAMPLES = 1000
+# seconds between two readings of one backend sent to the others: a reading changes with every
+# answer, so sending each would cost Redis a publish per call; 20 a second per backend keeps
+# the others' view within 50 ms (plus the count-down of their own calls in between)
+READING_EVERY = 0.05
 
 # Keep the message with the later end in a soft-state hash. Values are "END|JSON", so the
 # script compares ends without decoding JSON.
@@ -113,7 +117,9 @@ class ClusterLink:
                                 settings.metrics_interval_seconds, settings.metrics_history,
                                 settings.redis_sync_seconds, version)
         self.handlers: dict[str, Handler] = {Cooldown.kind: self._apply_cooldown,
+                                             Reading.kind: self._apply_reading,
                                              ReloadAnswer.kind: self._reload_answered}
+        self._readings_sent: dict[str, float] = {}  # backend id -> monotonic time
         self._state: bool | None = None  # None: not tried yet
         self.dropped = 0  # messages dropped from a full queue or a failed send
         self.outages = 0
@@ -132,6 +138,7 @@ class ClusterLink:
                          threading.Thread(target=self._publish_loop, daemon=True,
                                           name="redis-publisher")]
         registry.cooldown_listeners.append(self._cooldown_entered)
+        registry.reading_listeners.append(self._reading_taken)
 
     # --- life ------------------------------------------------------------------------------
     def start(self, wait: float | None = None) -> None:
@@ -195,6 +202,16 @@ class ClusterLink:
         """Registry listener, on the calling thread after its lock: queue, nothing more."""
         self.publish(Cooldown(self.replica, event.backend, event.until, event.reason,
                               event.streak, event.at))
+
+    def _reading_taken(self, event: ReadingEvent) -> None:
+        """Registry listener: queue the reading, at most one per backend every
+        :data:`READING_EVERY` seconds, so Redis traffic is bounded whatever the call rate."""
+        now = time.monotonic()
+        if now - self._readings_sent.get(event.backend, -READING_EVERY) < READING_EVERY:
+            return
+        self._readings_sent[event.backend] = now  # a race costs one more message, no harm
+        self.publish(Reading(self.replica, event.backend, event.requests, event.tokens,
+                             event.utilization, event.read_at, event.as_of, event.until))
 
     def request_reload(self, wait: float) -> dict[str, Any]:
         """Ask every other replica to re-read its own configuration file; wait up to
@@ -267,6 +284,12 @@ class ClusterLink:
         assert isinstance(message, Cooldown)
         return self.registry.apply_cooldown(message.backend, message.until, message.reason,
                                             message.streak)
+
+    def _apply_reading(self, message: Message) -> bool:
+        assert isinstance(message, Reading)
+        return self.registry.apply_reading(ReadingEvent(
+            message.backend, message.requests, message.tokens, message.utilization,
+            message.read_at, message.as_of, message.until))
 
     def _dispatch(self, text: str, from_state: bool = False) -> None:
         try:

@@ -65,6 +65,29 @@ class Cooldown(Message):
 
 
 @dataclass(frozen=True)
+class Reading(Message):
+    """A backend's remaining budget as an answer on the origin replica stated it (headroom
+    routing); kept until it stops being trusted."""
+
+    kind: ClassVar[str] = "reading"
+    state_hash: ClassVar[str | None] = "readings"
+
+    backend: str  # the deployment's URL (Backend.id)
+    requests: int | None
+    tokens: int | None
+    utilization: float | None
+    read_at: float  # wall-clock epoch at which the answer arrived
+    as_of: float  # wall-clock epoch at which the call it answered was sent
+    until: float  # wall-clock epoch after which it is not trusted
+
+    def state_field(self) -> str:
+        return self.backend
+
+    def expires(self) -> float:
+        return self.until
+
+
+@dataclass(frozen=True)
 class ReloadRequest(Message):
     """Re-read your own configuration file (someone reloaded the origin's)."""
 

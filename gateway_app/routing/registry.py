@@ -187,6 +187,26 @@ CooldownListener = Callable[[CooldownEvent], None]
 
 
 @dataclass(frozen=True)
+class ReadingEvent:
+    """A backend's remaining budget as one of its answers stated it, for other replicas.
+
+    Wall-clock epochs, like :class:`CooldownEvent`'s; ``until`` is when the reading stops
+    being trusted (API_GATEWAY_HEADROOM_SECONDS after it arrived).
+    """
+
+    backend: str  # Backend.id
+    requests: int | None
+    tokens: int | None
+    utilization: float | None
+    read_at: float
+    as_of: float
+    until: float
+
+
+ReadingListener = Callable[[ReadingEvent], None]
+
+
+@dataclass(frozen=True)
 class Busy:
     """No backend could take a call: how long until one may, and whether throttling is why."""
 
@@ -254,6 +274,7 @@ class Registry:
         # Called after the lock is released, on the calling thread, when a backend enters a
         # cooldown; a listener must only hand the event on (the cluster link queues it).
         self.cooldown_listeners: list[CooldownListener] = []
+        self.reading_listeners: list[ReadingListener] = []
         # Where a metrics interval that contains a moment starts. Identity: intervals start
         # when the process does. Replicas sharing metrics align them to the wall clock, so
         # that their closed intervals cover the same time and can be added up.
@@ -380,14 +401,15 @@ class Registry:
         # too old to trust: pass it over only while a call sent since is out finding out
         return skip if backend.sent and next(reversed(backend.sent)).sent_at > expired else None
 
-    def observe(self, backend: Backend, reading: Headroom) -> None:
+    def observe(self, backend: Backend, reading: Headroom, notify: bool = True) -> bool:
         """Take ``reading`` as the backend's latest, unless the one it holds is later.
 
         The reading already holds the call it came with and those sent before it, so what is
         counted down from it is the calls still in flight that were sent after that call, and
         those sent from now on. (One sent after it that has ended brought a later reading, or
         ended in a fault that most likely spent nothing.) This is the one place a reading
-        changes, wherever it comes from.
+        changes, wherever it comes from. True when it was taken; then, with ``notify``, the
+        ``reading_listeners`` hear of it (after the lock is released).
         """
         with self._lock:
             current = backend.headroom
@@ -399,7 +421,7 @@ class Registry:
                     # the held reading's brings old news.
                     later = _admitted_later(reading, current) if gap >= -SENT_TOGETHER else None
                     if not (gap > 0 if later is None else later):
-                        return
+                        return False
                     if gap < 0:  # it holds the held reading's call too: count down from there
                         reading = replace(reading, as_of=current.as_of)
             tokens = requests = 0
@@ -410,6 +432,18 @@ class Registry:
                 requests += 1
             backend.headroom = reading
             backend.spent_tokens, backend.spent_requests = tokens, requests
+        if notify and self.reading_listeners:
+            now, wall = time.monotonic(), time.time()
+            event = ReadingEvent(backend.id, reading.requests, reading.tokens,
+                                 reading.utilization, wall - (now - reading.read_at),
+                                 wall - (now - reading.as_of),
+                                 wall - (now - reading.read_at) + self._headroom_seconds)
+            for listener in self.reading_listeners:
+                try:
+                    listener(event)
+                except Exception:  # sharing a reading must never fail the call that read it
+                    log.exception("a reading listener failed")
+        return True
 
     def _release(self, lease: Lease) -> bool:
         """Lock held. End the lease; True when a retired backend's Session can be closed."""
@@ -503,6 +537,21 @@ class Registry:
                     changed = True
         return changed
 
+    def apply_reading(self, event: ReadingEvent) -> bool:
+        """Take another replica's reading of a backend as if it had arrived here: its times
+        move from the wall clock to this one's monotonic clock, and the calls this replica
+        sent since it was stated are counted down from it. True when it was taken."""
+        now, wall = time.monotonic(), time.time()
+        if event.until <= wall:
+            return False
+        with self._lock:
+            backend = self._backends.get(event.backend)
+        if backend is None or backend.retired:
+            return False
+        reading = Headroom(event.requests, event.tokens, event.utilization,
+                           now - (wall - event.read_at), now - (wall - event.as_of))
+        return self.observe(backend, reading, notify=False)
+
     def active_cooldowns(self) -> list[CooldownEvent]:
         """The cooldowns running now, as events (for replicas that missed them)."""
         now, wall = time.monotonic(), time.time()
@@ -594,7 +643,21 @@ class Registry:
                      "reason": (e.backend.cooldown_reason
                                 if e.backend.cooldown_until > now else ""),
                      "faultStreak": e.backend.fault_streak,
-                     "inFlight": e.backend.in_flight} for e in entries]
+                     "inFlight": e.backend.in_flight,
+                     **self._headroom_state(e.backend, now)} for e in entries]
+
+    def _headroom_state(self, backend: Backend, now: float) -> dict[str, Any]:
+        """Lock held. The backend's latest reading, less what was sent since, for operators."""
+        reading = backend.headroom
+        if reading is None:
+            return {}
+
+        def left(value: int | None, spent: int) -> int | None:
+            return None if value is None else value - spent
+        return {"headroom": {"requests": left(reading.requests, backend.spent_requests),
+                             "tokens": left(reading.tokens, backend.spent_tokens),
+                             "utilization": reading.utilization,
+                             "ageSeconds": round(now - reading.read_at, 3)}}
 
     def close(self) -> None:
         """Close every Session (at shutdown)."""
