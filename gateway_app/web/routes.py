@@ -101,13 +101,14 @@ def client_gone() -> Callable[[], bool]:
 
 @api.post("/lb")
 def load_balance() -> Response:
-    entries = gateway().current.lb
+    gw = gateway()
+    entries = gw.current.lb
     if not entries:
         return _no_endpoints()
     call = read_call()
     if isinstance(call, Response):
         return call
-    return relay(gateway().proxy.forward(call, entries, client_gone=client_gone()))
+    return relay(gw.proxy.forward(call, entries, client_gone=client_gone()))
 
 
 def _no_endpoints() -> Response:
