@@ -12,7 +12,7 @@ from .errors import register_error_handlers
 from .gateway import Gateway
 from .logs import configure_logging
 from .settings import Settings
-from .web import bp
+from .web import blueprint
 
 log = logging.getLogger("apirouter")
 
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["apirouter"] = gw
-    app.register_blueprint(bp)
+    app.register_blueprint(blueprint(settings.route_prefix))
     app.wsgi_app = release_admitted(app.wsgi_app)  # type: ignore[method-assign]
     register_error_handlers(app)
     if not gw.client_keys.enabled:

@@ -1,26 +1,28 @@
-"""The app's one blueprint, ``apirouter``, and the one it nests.
+"""The app's one blueprint, and the two it nests (Flask's nested blueprints).
 
-``bp`` holds the Azure OpenAI and OpenAI data-plane paths (``/openai/...``, ``/v1/...``) at the
-root, where the SDKs look for them. It nests ``api``, the original's routes under
-``/api/v1/<env>/apirouter``. The env segment is a URL variable checked against
-``API_GATEWAY_ENV``, the pattern Flask documents for a prefix that carries a value, so the
-blueprints are built once at import and any number of apps (with different envs) can use them.
+``sdk`` holds the Azure OpenAI and OpenAI data-plane paths (``/openai/...``, ``/v1/...``) at the
+root, where the SDKs look for them; ``api`` holds the original's routes, nested under the
+app's ``/api/v1/{env}/apirouter``. Both are built once, at import. The one blueprint that nests
+them is made per app by :func:`gateway_blueprint`, because the prefix comes from that app's
+settings and Flask records a nested blueprint's prefix where it is nested: one app's prefix
+cannot leak into another's (tests run several apps in one process).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
-from flask import Blueprint, abort, current_app
+from flask import Blueprint
 
-bp = Blueprint("apirouter", __name__)
-api = Blueprint("api", __name__, url_prefix="/api/v1/<env>/apirouter")
+sdk = Blueprint("sdk", __name__)
+api = Blueprint("api", __name__)
 
 
-@api.url_value_preprocessor
-def _same_env(_endpoint: str | None, values: dict[str, Any] | None) -> None:
-    """Only this gateway's env is served; the views never see the segment."""
-    env = (values or {}).pop("env", None)
-    if env != current_app.extensions["apirouter"].settings.env:
-        abort(404)
-bp.register_blueprint(api)
+def gateway_blueprint(prefix: str, check: Callable) -> Blueprint:
+    """The app's one blueprint: ``sdk`` at the root, ``api`` under ``prefix``, and ``check``
+    run before every request of both."""
+    root = Blueprint("apirouter", __name__)
+    root.register_blueprint(sdk)
+    root.register_blueprint(api, url_prefix=prefix)
+    root.before_request(check)
+    return root

@@ -14,7 +14,7 @@ from flask import Response, jsonify, request
 from ..errors import json_error
 from ..routing.proxy import Call
 from ..routing.registry import PoolEntry, Registry
-from .blueprint import bp
+from .blueprint import sdk
 from .routes import client_gone, gateway, read_call, relay
 
 V1_OPERATIONS = {"chat/completions", "completions", "embeddings"}
@@ -31,7 +31,7 @@ def _forward(call: Call, entries: tuple[PoolEntry, ...], tail: str) -> Response:
                                          lambda entry: entry.url + tail, client_gone()))
 
 
-@bp.post("/openai/deployments/<name>/<path:operation>")
+@sdk.post("/openai/deployments/<name>/<path:operation>")
 def azure_deployment(name: str, operation: str) -> Response:
     entries = gateway().current.pools.get(name)
     if entries is None:
@@ -47,7 +47,7 @@ def azure_deployment(name: str, operation: str) -> Response:
     return _forward(call, entries, f"/{quote(operation)}" + (f"?{query}" if query else ""))
 
 
-@bp.post("/v1/<path:operation>")
+@sdk.post("/v1/<path:operation>")
 def openai_v1(operation: str) -> Response:
     if operation not in V1_OPERATIONS:
         return json_error(404, "NotFound", f"/v1/{operation} is not served by this gateway; "
@@ -65,7 +65,7 @@ def openai_v1(operation: str) -> Response:
     return _forward(call, entries, f"/{operation}?api-version={pool.api_version}")
 
 
-@bp.get("/v1/models")
+@sdk.get("/v1/models")
 def openai_models() -> Response:
     """The pools, as the models an OpenAI client may name."""
     created = int(gateway().started_at)

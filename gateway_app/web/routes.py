@@ -23,7 +23,7 @@ from ..routing.retry_after import whole_seconds
 from ..routing.telemetry import CONTENT_TYPE
 from .admin import admin_route, admit, is_admin
 from .auth import is_open, open_route, presented_key
-from .blueprint import api, bp
+from .blueprint import api
 
 log = logging.getLogger("apirouter")
 
@@ -34,7 +34,6 @@ def gateway() -> Gateway:
     return current_app.extensions["apirouter"]
 
 
-@bp.before_request
 def check_request() -> Response | None:
     """Every request passes here once. When client keys are configured, every route but those
     marked open needs one; then every route but those marked admin is a call, counted against
