@@ -120,6 +120,8 @@ def intervals_from_history(lines: Iterable[str], where: str = "history",
             continue
         try:
             entry = json.loads(line)
+            if "client" in entry:  # a client's usage (client_usage_from_history reads those)
+                continue
             instance = str(entry.get("instanceName", ""))
             found.append(_interval(instance, str(entry.get("source") or instance),
                                    entry["endpoint"], entry["priority"], entry,

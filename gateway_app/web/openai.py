@@ -15,7 +15,7 @@ from ..errors import json_error
 from ..routing.proxy import Call
 from ..routing.registry import PoolEntry, Registry
 from .blueprint import bp
-from .routes import client_gone, gateway, read_call, relay
+from .routes import client_gone, gateway, limit_client, read_call, relay
 
 V1_OPERATIONS = {"chat/completions", "completions", "embeddings"}
 
@@ -43,6 +43,9 @@ def azure_deployment(name: str, operation: str) -> Response:
     call = read_call(json_only=False)
     if isinstance(call, Response):
         return call
+    refused = limit_client(call, name)
+    if refused is not None:
+        return refused
     query = request.query_string.decode("latin-1")
     return _forward(call, entries, f"/{quote(operation)}" + (f"?{query}" if query else ""))
 
@@ -62,6 +65,9 @@ def openai_v1(operation: str) -> Response:
     pool, entries = current.config.pools.get(name), current.pools.get(name)
     if pool is None or entries is None:
         return _unknown(name)
+    refused = limit_client(call, name)
+    if refused is not None:
+        return refused
     return _forward(call, entries, f"/{operation}?api-version={pool.api_version}")
 
 

@@ -1,0 +1,346 @@
+"""Per-client limits and usage: sliding-minute tokens and requests, a period's token quota, and
+the per-interval figures /metrics, /prometheus and the history file show by client name.
+
+State, not web code: the web layer asks :meth:`ClientUsage.admit` before forwarding a call and
+the proxy settles the returned :class:`Ticket` when the answer is known. Tokens are the call's
+estimated cost (routing/cost.py) at admission, replaced by the answer's real ``total_tokens``
+when it has usage (a streamed answer's usage chunk included); an answer without usage keeps the
+estimate, and a call no backend served is refunded (its request still counts).
+
+Exact within one process: the check and the count are one step under one lock, so concurrent
+calls cannot all take a client's last room. Usage is keyed by client name, so a reload that
+changes a client's limits keeps what it has used. Only names are kept here, never a key.
+"""
+
+from __future__ import annotations
+
+import calendar
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .routing.sse import Usage
+
+WINDOW = 60.0  # seconds: tpm and rpm are counted over the last minute, sliding
+PERIODS = ("hourly", "daily", "weekly", "monthly")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """One client's limits; None: no limit of that kind. ``deployments`` None: every pool;
+    else the pool names it may use (``/lb`` for the original's route)."""
+
+    tpm: int | None = None
+    rpm: int | None = None
+    token_quota: int | None = None
+    quota_period: str | None = None
+    deployments: frozenset[str] | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether admission has anything to check beyond the pool."""
+        return self.tpm is not None or self.rpm is not None or self.token_quota is not None
+
+    def allows(self, pool: str) -> bool:
+        return self.deployments is None or pool in self.deployments
+
+
+NO_LIMITS = ClientLimits()
+
+
+def period_bounds(moment: float, period: str) -> tuple[float, float]:
+    """The calendar period (UTC) that contains the epoch ``moment``: its start and end."""
+    day = datetime.fromtimestamp(moment, UTC)
+    if period == "hourly":
+        start = day.replace(minute=0, second=0, microsecond=0)
+        end = start + timedelta(hours=1)
+    elif period == "daily":
+        start = day.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=1)
+    elif period == "weekly":  # ISO weeks: Monday 00:00 UTC
+        start = (day - timedelta(days=day.weekday())).replace(hour=0, minute=0, second=0,
+                                                              microsecond=0)
+        end = start + timedelta(days=7)
+    elif period == "monthly":
+        start = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=calendar.monthrange(day.year, day.month)[1])
+    else:
+        raise ValueError(f"unknown quota period {period!r}")
+    return start.timestamp(), end.timestamp()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call was not admitted: ``status`` 429 (rate) or 403 (quota, pool), the limit's
+    name, a message for the client and the seconds until it may come back (None: not by
+    waiting)."""
+
+    status: int
+    limit: str
+    message: str
+    retry_after: float | None = None
+    period_end: float | None = None  # epoch, for a quota
+
+
+class _Record:
+    """One admitted call in a client's sliding window."""
+
+    __slots__ = ("at", "in_window", "period", "tokens")
+
+    def __init__(self, at: float, tokens: int, period: float | None) -> None:
+        self.at = at
+        self.tokens = tokens
+        self.period = period  # start of the quota period it was counted in
+        self.in_window = True
+
+
+@dataclass
+class ClientCounters:
+    """One client's figures for one metrics interval (or since the start, for Prometheus)."""
+
+    calls: int = 0  # admitted and forwarded
+    rate_limited: int = 0  # answered 429 by the client's tpm or rpm
+    refused: int = 0  # answered 403: quota used up, or a pool it may not use
+    prompt_tokens: int = 0  # from the answers' usage
+    completion_tokens: int = 0
+
+    def add(self, other: ClientCounters) -> None:
+        self.calls += other.calls
+        self.rate_limited += other.rate_limited
+        self.refused += other.refused
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+    def as_json(self) -> dict[str, int]:
+        return {"calls": self.calls, "rateLimitedCalls": self.rate_limited,
+                "refusedCalls": self.refused, "promptTokens": self.prompt_tokens,
+                "completionTokens": self.completion_tokens,
+                "totalTokens": self.prompt_tokens + self.completion_tokens}
+
+
+@dataclass
+class _Client:
+    """Lock held for every field. A client's window, quota total and metrics."""
+
+    records: deque[_Record] = field(default_factory=deque)
+    window_tokens: int = 0
+    period: float | None = None  # start of the quota period of period_tokens
+    period_tokens: int = 0
+    current: ClientCounters = field(default_factory=ClientCounters)
+    total: ClientCounters = field(default_factory=ClientCounters)  # never reset
+    started_at: float = 0.0
+    history: deque[dict[str, Any]] = field(default_factory=deque)
+
+
+class Ticket:
+    """An admitted call's place in its client's counts, settled once when the answer is known."""
+
+    __slots__ = ("_record", "_usage", "client", "settled")
+
+    def __init__(self, usage: ClientUsage, client: str, record: _Record) -> None:
+        self._usage = usage
+        self._record = record
+        self.client = client
+        self.settled = False
+
+    def settle(self, usage: Usage | None, served: bool = True) -> None:
+        """The answer's usage (None: it had none, the estimate stands); ``served`` False: no
+        backend served the call, its tokens are given back."""
+        self._usage._settle(self, self._record, usage, served)
+
+
+class ClientUsage:
+    """Every client's windows, quota totals and metrics, behind ``_lock``."""
+
+    def __init__(self, history_size: int, clock: Callable[[], float] = time.time,
+                 interval_start: Callable[[float], float] = lambda moment: moment) -> None:
+        self._clock = clock
+        self._history_size = history_size
+        self._interval_start = interval_start
+        self._lock = threading.Lock()  # guards _clients and everything in them
+        self._clients: dict[str, _Client] = {}
+
+    def _client(self, name: str, now: float) -> _Client:
+        """Lock held."""
+        client = self._clients.get(name)
+        if client is None:
+            client = _Client(started_at=self._interval_start(now),
+                             history=deque(maxlen=self._history_size))
+            self._clients[name] = client
+        return client
+
+    def admit(self, name: str, limits: ClientLimits, pool: str, cost: int
+              ) -> Ticket | Refusal:
+        """Count the call against ``name``'s limits and admit it, or say why not."""
+        if not limits.allows(pool):
+            allowed = ", ".join(_pool_name(p) for p in sorted(limits.deployments or ()))
+            with self._lock:
+                client = self._client(name, self._clock())
+                client.current.refused += 1
+                client.total.refused += 1
+            return Refusal(403, "deployments", f"client {name}: may not use {_pool_name(pool)}; "
+                           f"it may use {allowed or 'none'}.")
+        now = self._clock()
+        with self._lock:
+            client = self._client(name, now)
+            self._expire(client, now)
+            refusal = self._over(name, client, limits, cost, now)
+            if refusal is not None:
+                counters = (client.current, client.total)
+                for c in counters:
+                    if refusal.status == 429:
+                        c.rate_limited += 1
+                    else:
+                        c.refused += 1
+                return refusal
+            period = None
+            if limits.token_quota is not None and limits.quota_period is not None:
+                period = client.period
+                client.period_tokens += cost
+            record = _Record(now, cost, period)
+            client.records.append(record)
+            client.window_tokens += cost
+            client.current.calls += 1
+            client.total.calls += 1
+        return Ticket(self, name, record)
+
+    @staticmethod
+    def _expire(client: _Client, now: float) -> None:
+        """Lock held. Drop the calls older than the window."""
+        records = client.records
+        while records and now - records[0].at >= WINDOW:
+            record = records.popleft()
+            record.in_window = False
+            client.window_tokens -= record.tokens
+
+    def _over(self, name: str, client: _Client, limits: ClientLimits, cost: int,
+              now: float) -> Refusal | None:
+        """Lock held. The limit the call would break, if any (quota first: waiting a minute
+        does not help it)."""
+        if limits.token_quota is not None and limits.quota_period is not None:
+            start, end = period_bounds(now, limits.quota_period)
+            if client.period != start:  # a new period: the count starts again
+                client.period, client.period_tokens = start, 0
+            if client.period_tokens + cost > limits.token_quota:
+                ends = datetime.fromtimestamp(end, UTC).isoformat()
+                return Refusal(403, "tokenQuota",
+                               f"client {name}: over its {limits.quota_period} tokenQuota of "
+                               f"{limits.token_quota} tokens ({client.period_tokens} used, "
+                               f"this call estimated at {cost}); the period ends at {ends}.",
+                               retry_after=end - now, period_end=end)
+        records = client.records
+        if limits.rpm is not None and len(records) + 1 > limits.rpm:
+            # room when enough of the oldest calls leave the window
+            leaving = records[len(records) + 1 - limits.rpm - 1]
+            wait = leaving.at + WINDOW - now
+            return Refusal(429, "rpm", f"client {name}: over its rpm of {limits.rpm} requests "
+                           f"per minute; retry after {wait:.3f} s.", retry_after=wait)
+        if limits.tpm is not None and client.window_tokens + cost > limits.tpm:
+            if cost > limits.tpm:
+                return Refusal(400, "tpm", f"client {name}: this call is estimated at {cost} "
+                               f"tokens, more than its whole tpm of {limits.tpm}; ask for "
+                               "fewer max_tokens or a shorter prompt.")
+            room_needed = client.window_tokens + cost - limits.tpm
+            freed, wait = 0, WINDOW
+            for record in records:
+                freed += record.tokens
+                if freed >= room_needed:
+                    wait = record.at + WINDOW - now
+                    break
+            return Refusal(429, "tpm", f"client {name}: over its tpm of {limits.tpm} tokens "
+                           f"per minute ({client.window_tokens} counted in the last minute, this "
+                           f"call estimated at {cost}); retry after {wait:.3f} s.",
+                           retry_after=wait)
+        return None
+
+    def _settle(self, ticket: Ticket, record: _Record, usage: Usage | None,
+                served: bool) -> None:
+        with self._lock:
+            if ticket.settled:
+                return
+            ticket.settled = True
+            client = self._clients[ticket.client]
+            if not served:
+                tokens = 0
+            elif usage is None:
+                tokens = record.tokens  # no usage: the estimate stands
+            else:
+                tokens = usage.total
+                for c in (client.current, client.total):
+                    c.prompt_tokens += usage.prompt
+                    c.completion_tokens += usage.completion
+            change = tokens - record.tokens
+            if not change:
+                return
+            record.tokens = tokens
+            if record.in_window:
+                client.window_tokens += change
+            if record.period is not None and record.period == client.period:
+                client.period_tokens += change
+
+    # --- metrics -----------------------------------------------------------------------------
+    def close_intervals(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Close every client's metrics interval; the closed entries, one per client."""
+        now = self._clock() if now is None else now
+        closed = []
+        with self._lock:
+            for name, client in self._clients.items():
+                entry = {"collectionTime": _iso(client.started_at),
+                         "collectedMetrics": client.current.as_json()}
+                client.history.append(entry)
+                client.current = ClientCounters()
+                client.started_at = now
+                closed.append({"client": name, **entry})
+        return closed
+
+    def metrics_json(self, names: Iterable[str]) -> dict[str, Any]:
+        """/metrics' clientMetrics: every client configured, and any other with usage."""
+        with self._lock:
+            copies = {name: (ClientCounters(**vars(c.current)), list(c.history))
+                      for name, c in self._clients.items()}
+        out = {}
+        for name in [*names, *(n for n in copies if n not in set(names))]:
+            current, history = copies.get(name, (ClientCounters(), []))
+            out[name] = {**current.as_json(),
+                         "history": {str(i): entry for i, entry in enumerate(history)}}
+        return out
+
+    def totals(self) -> dict[str, ClientCounters]:
+        """Every client's counts since the start (Prometheus counters)."""
+        with self._lock:
+            return {name: ClientCounters(**vars(c.total)) for name, c in self._clients.items()}
+
+    def window(self, name: str) -> tuple[int, int, int]:
+        """Tokens and requests in ``name``'s last minute, and its quota period's tokens."""
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                return 0, 0, 0
+            self._expire(client, self._clock())
+            return client.window_tokens, len(client.records), client.period_tokens
+
+
+def _pool_name(pool: str) -> str:
+    return "/lb" if pool == "/lb" else f"deployment {pool}"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def merge_limits(own: Mapping[str, Any], defaults: Mapping[str, Any]) -> ClientLimits:
+    """A client's limits: each field its own, else ``clientDefaults``' (schema field names)."""
+    def pick(name: str) -> Any:
+        return own[name] if name in own else defaults.get(name)
+
+    quota, period = pick("tokenQuota"), pick("quotaPeriod")
+    if "tokenQuota" in own:  # a quota and its period go together
+        period = own.get("quotaPeriod")
+    deployments = pick("deployments")
+    return ClientLimits(tpm=pick("tpm"), rpm=pick("rpm"), token_quota=quota,
+                        quota_period=period,
+                        deployments=None if deployments is None else frozenset(deployments))
