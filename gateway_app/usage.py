@@ -157,8 +157,10 @@ class ClientUsage:
     """Every client's windows, quota totals and metrics, behind ``_lock``."""
 
     def __init__(self, history_size: int, clock: Callable[[], float] = time.time,
-                 interval_start: Callable[[float], float] = lambda moment: moment) -> None:
+                 interval_start: Callable[[float], float] = lambda moment: moment,
+                 window: float = WINDOW) -> None:
         self._clock = clock
+        self.window = window  # seconds; tests shorten it
         self._history_size = history_size
         self._interval_start = interval_start
         self._lock = threading.Lock()  # guards _clients and everything in them
@@ -208,11 +210,10 @@ class ClientUsage:
             client.total.calls += 1
         return Ticket(self, name, record)
 
-    @staticmethod
-    def _expire(client: _Client, now: float) -> None:
+    def _expire(self, client: _Client, now: float) -> None:
         """Lock held. Drop the calls older than the window."""
         records = client.records
-        while records and now - records[0].at >= WINDOW:
+        while records and now - records[0].at >= self.window:
             record = records.popleft()
             record.in_window = False
             client.window_tokens -= record.tokens
@@ -236,7 +237,7 @@ class ClientUsage:
         if limits.rpm is not None and len(records) + 1 > limits.rpm:
             # room when enough of the oldest calls leave the window
             leaving = records[len(records) + 1 - limits.rpm - 1]
-            wait = leaving.at + WINDOW - now
+            wait = leaving.at + self.window - now
             return Refusal(429, "rpm", f"client {name}: over its rpm of {limits.rpm} requests "
                            f"per minute; retry after {wait:.3f} s.", retry_after=wait)
         if limits.tpm is not None and client.window_tokens + cost > limits.tpm:
@@ -245,11 +246,11 @@ class ClientUsage:
                                f"tokens, more than its whole tpm of {limits.tpm}; ask for "
                                "fewer max_tokens or a shorter prompt.")
             room_needed = client.window_tokens + cost - limits.tpm
-            freed, wait = 0, WINDOW
+            freed, wait = 0, self.window
             for record in records:
                 freed += record.tokens
                 if freed >= room_needed:
-                    wait = record.at + WINDOW - now
+                    wait = record.at + self.window - now
                     break
             return Refusal(429, "tpm", f"client {name}: over its tpm of {limits.tpm} tokens "
                            f"per minute ({client.window_tokens} counted in the last minute, this "
@@ -314,7 +315,7 @@ class ClientUsage:
         with self._lock:
             return {name: ClientCounters(**vars(c.total)) for name, c in self._clients.items()}
 
-    def window(self, name: str) -> tuple[int, int, int]:
+    def counted(self, name: str) -> tuple[int, int, int]:
         """Tokens and requests in ``name``'s last minute, and its quota period's tokens."""
         with self._lock:
             client = self._clients.get(name)

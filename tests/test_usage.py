@@ -61,16 +61,16 @@ def test_settlement_replaces_the_estimate_with_real_usage() -> None:
     assert isinstance(ticket, Ticket)
     assert isinstance(usage.admit("a", limits, "/lb", 20), Refusal)
     ticket.settle(Usage(5, 5, 10))
-    assert usage.window("a") == (10, 1, 10)
+    assert usage.counted("a") == (10, 1, 10)
     ticket.settle(Usage(50, 50, 100))  # once only
-    assert usage.window("a") == (10, 1, 10)
+    assert usage.counted("a") == (10, 1, 10)
     kept = usage.admit("a", limits, "/lb", 20)
     assert isinstance(kept, Ticket)
     kept.settle(None)  # no usage: the estimate stands
     refunded = usage.admit("a", limits, "/lb", 30)
     assert isinstance(refunded, Ticket)
     refunded.settle(None, served=False)  # no backend served it
-    assert usage.window("a") == (30, 3, 30)
+    assert usage.counted("a") == (30, 3, 30)
 
 
 def test_quota_rolls_over_with_the_calendar_period() -> None:
