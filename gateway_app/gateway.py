@@ -21,7 +21,7 @@ from .keys import ClientKeys, WrongKeyThrottle
 from .routing.metrics import iso_time
 from .routing.proxy import Proxy
 from .routing.registry import Registry, Snapshot
-from .routing.telemetry import Telemetry
+from .routing.telemetry import ClientUsageCollector, Telemetry
 from .settings import Settings
 from .usage import ClientUsage
 from .watcher import ConfigWatcher
@@ -80,6 +80,7 @@ class Gateway:
         self.proxy = Proxy(self.registry, settings, self.telemetry)
         self.admission = Admission(admission_limit(settings.threads, settings.max_in_progress))
         self.telemetry.prometheus.register(self.admission.collector())
+        self.telemetry.prometheus.register(ClientUsageCollector(self.usage))
         self.config_version = file_version(settings.config_file)
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds,
                                            aligned=shared, usage=self.usage)

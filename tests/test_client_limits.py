@@ -104,6 +104,9 @@ def test_quota_answers_403_with_the_period_end(fake, start_gateway):
     assert end.endswith("T00:00:00.000+00:00") and end[8:10] == "01"
     assert int(refused.headers["retry-after"]) > 0
     assert backend.calls == 1
+    from tests.test_openapi import Document, load_document
+
+    Document(load_document()).check("POST", "/api/v1/{env}/apirouter/lb", refused)
 
 
 def test_deployments_restrict_the_routes_a_client_may_use(fake, start_gateway):
@@ -164,3 +167,73 @@ def test_without_client_keys_the_metrics_keep_their_shape(fake, start_gateway):
     gw = start_gateway([fake()])
     assert gw.lb().status_code == 200
     assert "clientMetrics" not in gw.metrics()
+
+
+def test_usage_by_client_everywhere_equals_what_was_served(fake, start_gateway, tmp_path,
+                                                           capsys):
+    """/metrics, /prometheus, the history file, /capacity and the chargeback CSV all show
+    what the deployment served to each client, by name, and no key anywhere."""
+    from gateway_app.capacity.report import main as capacity_main
+    from tests.test_openapi import Document, load_document
+
+    history = tmp_path / "history.jsonl"
+    backend = fake(default=reply(200, {**_chat(prompt=20, completion=10)}))
+    gw = start_gateway([backend], env={"API_GATEWAY_METRICS_HISTORY_FILE": str(history)},
+                       sections=clients(rpm=3))
+    for _ in range(3):
+        assert call(gw, KEY_A).status_code == 200
+    limited = call(gw, KEY_A)
+    assert limited.status_code == 429
+    assert call(gw, KEY_B).status_code == 200
+    document = Document(load_document())
+    document.check("POST", "/api/v1/{env}/apirouter/lb", limited)
+    gw.gateway.collector._close()  # close the interval now, as the collector thread does
+
+    shown = metrics(gw)["clientMetrics"]
+    closed_a = shown["app-a"]["history"]["0"]["collectedMetrics"]
+    assert closed_a == {"calls": 3, "rateLimitedCalls": 1, "refusedCalls": 0,
+                        "promptTokens": 60, "completionTokens": 30, "totalTokens": 90}
+    assert shown["app-b"]["history"]["0"]["collectedMetrics"]["totalTokens"] == 30
+    assert backend.calls == 4
+    document.check("GET", "/api/v1/{env}/apirouter/metrics",
+                   gw.get("metrics", headers={"api-key": KEY_B}))
+
+    prometheus = gw.get("prometheus", headers={"api-key": KEY_B}).text
+    assert 'apirouter_client_requests_total{client="app-a",outcome="admitted"} 3.0' in prometheus
+    assert ('apirouter_client_requests_total{client="app-a",outcome="rate_limited"} 1.0'
+            in prometheus)
+    assert 'apirouter_client_tokens_total{client="app-a",kind="prompt"} 60.0' in prometheus
+    assert 'apirouter_client_tokens_total{client="app-b",kind="completion"} 10.0' in prometheus
+
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    client_lines = {line["client"]: line for line in lines if "client" in line}
+    assert client_lines["app-a"]["collectedMetrics"] == closed_a
+
+    capacity = gw.get("capacity", headers={"api-key": KEY_B})
+    document.check("GET", "/api/v1/{env}/apirouter/capacity", capacity)
+    rows = {row["client"]: row for row in capacity.json()["clients"]}
+    assert (rows["app-a"]["totalTokens"], rows["app-a"]["tokenShare"]) == (90, 0.75)
+    assert (rows["app-b"]["totalTokens"], rows["app-b"]["tokenShare"]) == (30, 0.25)
+
+    out = tmp_path / "chargeback.csv"
+    assert capacity_main(["--history", str(history), "--clients-csv", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "Usage by client:" in table and "app-a" in table
+    csv_lines = out.read_text().splitlines()
+    assert csv_lines[0] == ("client,calls,rateLimitedCalls,refusedCalls,promptTokens,"
+                            "completionTokens,totalTokens,tokenShare,from,to,intervals")
+    assert csv_lines[1].startswith("app-a,3,1,0,60,30,90,0.75,")
+    assert csv_lines[2].startswith("app-b,1,0,0,20,10,30,0.25,")
+
+    for text in (json.dumps(shown), prometheus, history.read_text(), capacity.text, table,
+                 out.read_text(), limited.text):
+        assert KEY_A not in text and KEY_B not in text
+
+
+def _chat(prompt: int, completion: int) -> dict[str, Any]:
+    from tests.fakes import chat_body
+
+    body = chat_body()
+    body["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                     "total_tokens": prompt + completion}
+    return body

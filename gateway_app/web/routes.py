@@ -100,16 +100,16 @@ def limit_client(call: Call, pool: str) -> Response | None:
     if isinstance(verdict, Ticket):
         call.ticket = verdict
         return None
-    return _refusal(verdict)
+    return _refusal(verdict, call.request_id)
 
 
 REFUSAL_CODES = {"tpm": "ClientRateLimited", "rpm": "ClientRateLimited",
                  "tokenQuota": "ClientQuotaExceeded", "deployments": "DeploymentNotAllowed"}
 
 
-def _refusal(refusal: Refusal) -> Response:
+def _refusal(refusal: Refusal, rid: str) -> Response:
     """A client's limit refused a call: 429 (tpm, rpm) or 403 (quota, pool), never forwarded."""
-    headers = [("x-client-limit", refusal.limit)]
+    headers = [("x-client-limit", refusal.limit), ("x-request-id", rid)]
     if refusal.retry_after is not None:
         wait = max(refusal.retry_after, 0.001)
         headers += [("retry-after", str(whole_seconds(wait))),
