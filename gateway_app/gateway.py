@@ -92,6 +92,7 @@ class Gateway:
             self.cluster = ClusterLink(settings, self.registry, replica_name(settings),
                                        lambda: self.config_version)
             self.cluster.handlers[ReloadRequest.kind] = self._reload_requested
+            self.cluster.share_usage(self.usage)
             self.telemetry.prometheus.register(LinkCollector(self.cluster))
         if settings.metrics_history_file:  # closed intervals kept on disk for capacity planning
             self.collector.sinks.append(HistoryFile.from_settings(settings))

@@ -87,15 +87,22 @@ class Refusal:
 
 
 class _Record:
-    """One admitted call in a client's sliding window."""
+    """One admitted call in a client's sliding window (or another replica's share of it)."""
 
-    __slots__ = ("at", "in_window", "period", "tokens")
+    __slots__ = ("at", "in_window", "period", "requests", "tokens")
 
-    def __init__(self, at: float, tokens: int, period: float | None) -> None:
+    def __init__(self, at: float, tokens: int, period: float | None, requests: int = 1) -> None:
         self.at = at
         self.tokens = tokens
+        self.requests = requests  # 1 for a call; 0 for another replica's settlement
         self.period = period  # start of the quota period it was counted in
         self.in_window = True
+
+
+# What replicas tell each other (cluster/messages.py ClientUsageDeltas): per change,
+# [client, at (epoch of the call's admission), tokens, requests, quota period start or None].
+Delta = list[Any]
+MAX_PENDING = 10_000  # deltas waiting for the cluster link; the oldest are dropped past it
 
 
 @dataclass
@@ -128,6 +135,7 @@ class _Client:
 
     records: deque[_Record] = field(default_factory=deque)
     window_tokens: int = 0
+    window_requests: int = 0
     period: float | None = None  # start of the quota period of period_tokens
     period_tokens: int = 0
     current: ClientCounters = field(default_factory=ClientCounters)
@@ -163,8 +171,13 @@ class ClientUsage:
         self.window = window  # seconds; tests shorten it
         self._history_size = history_size
         self._interval_start = interval_start
-        self._lock = threading.Lock()  # guards _clients and everything in them
+        self._lock = threading.Lock()  # guards _clients and everything in them, and _pending
         self._clients: dict[str, _Client] = {}
+        # With replicas (cluster/link.py): called, lock released, when deltas start to pend;
+        # it only wakes the link's publisher, which takes them (take_deltas).
+        self.on_pending: Callable[[], None] | None = None
+        self._pending: deque[Delta] = deque(maxlen=MAX_PENDING)
+        self.dropped_deltas = 0
 
     def _client(self, name: str, now: float) -> _Client:
         """Lock held."""
@@ -206,9 +219,52 @@ class ClientUsage:
             record = _Record(now, cost, period)
             client.records.append(record)
             client.window_tokens += cost
+            client.window_requests += 1
             client.current.calls += 1
             client.total.calls += 1
+            wake = self._share([name, now, cost, 1, period])
+        if wake:
+            self._wake()
         return Ticket(self, name, record)
+
+    def _share(self, delta: Delta) -> bool:
+        """Lock held. Keep ``delta`` for the other replicas; True: wake the link."""
+        if self.on_pending is None:
+            return False
+        if len(self._pending) == MAX_PENDING:
+            self.dropped_deltas += 1
+        self._pending.append(delta)
+        return len(self._pending) == 1
+
+    def _wake(self) -> None:
+        callback = self.on_pending
+        if callback is not None:
+            callback()
+
+    def take_deltas(self) -> list[Delta]:
+        """The deltas to publish, oldest first (the link's publisher thread)."""
+        with self._lock:
+            taken = list(self._pending)
+            self._pending.clear()
+        return taken
+
+    def apply_remote(self, deltas: Iterable[Delta]) -> None:
+        """Count what other replicas admitted and settled, as if admitted here at the same
+        moment. A delta that arrives after newer local calls stays in the window behind
+        them: counted a little longer than exact, never shorter."""
+        with self._lock:
+            now = self._clock()
+            for name, at, tokens, requests, period in deltas:
+                client = self._client(str(name), now)
+                if now - at < self.window:
+                    client.records.append(_Record(at, tokens, period, requests))
+                    client.window_tokens += tokens
+                    client.window_requests += requests
+                if period is not None:
+                    if client.period is None or period > client.period:
+                        client.period, client.period_tokens = period, 0
+                    if period == client.period:
+                        client.period_tokens += tokens
 
     def _expire(self, client: _Client, now: float) -> None:
         """Lock held. Drop the calls older than the window."""
@@ -217,6 +273,7 @@ class ClientUsage:
             record = records.popleft()
             record.in_window = False
             client.window_tokens -= record.tokens
+            client.window_requests -= record.requests
 
     def _over(self, name: str, client: _Client, limits: ClientLimits, cost: int,
               now: float) -> Refusal | None:
@@ -224,7 +281,7 @@ class ClientUsage:
         does not help it)."""
         if limits.token_quota is not None and limits.quota_period is not None:
             start, end = period_bounds(now, limits.quota_period)
-            if client.period != start:  # a new period: the count starts again
+            if client.period is None or start > client.period:  # a new period: from 0 again
                 client.period, client.period_tokens = start, 0
             if client.period_tokens + cost > limits.token_quota:
                 ends = datetime.fromtimestamp(end, UTC).isoformat()
@@ -234,10 +291,14 @@ class ClientUsage:
                                f"this call estimated at {cost}); the period ends at {ends}.",
                                retry_after=end - now, period_end=end)
         records = client.records
-        if limits.rpm is not None and len(records) + 1 > limits.rpm:
+        if limits.rpm is not None and client.window_requests + 1 > limits.rpm:
             # room when enough of the oldest calls leave the window
-            leaving = records[len(records) + 1 - limits.rpm - 1]
-            wait = leaving.at + self.window - now
+            must_leave, wait = client.window_requests + 1 - limits.rpm, self.window
+            for record in records:
+                must_leave -= record.requests
+                if must_leave <= 0:
+                    wait = record.at + self.window - now
+                    break
             return Refusal(429, "rpm", f"client {name}: over its rpm of {limits.rpm} requests "
                            f"per minute; retry after {wait:.3f} s.", retry_after=wait)
         if limits.tpm is not None and client.window_tokens + cost > limits.tpm:
@@ -282,6 +343,9 @@ class ClientUsage:
                 client.window_tokens += change
             if record.period is not None and record.period == client.period:
                 client.period_tokens += change
+            wake = self._share([ticket.client, record.at, change, 0, record.period])
+        if wake:
+            self._wake()
 
     # --- metrics -----------------------------------------------------------------------------
     def close_intervals(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -322,7 +386,7 @@ class ClientUsage:
             if client is None:
                 return 0, 0, 0
             self._expire(client, self._clock())
-            return client.window_tokens, len(client.records), client.period_tokens
+            return client.window_tokens, client.window_requests, client.period_tokens
 
 
 def _pool_name(pool: str) -> str:

@@ -385,3 +385,24 @@ def test_several_processes_share_one_port_with_redis_as_their_state(
     wait_until(primary_benched_for_both, timeout=10)
     assert [call() for _ in range(5)] == [200] * 5
     assert primary.calls == 1  # its 429 benched it for both processes
+
+
+def test_client_limits_count_every_replicas_calls(tmp_path, fake, redis_server, replicas):
+    """A client's rpm and tokenQuota hold across replicas: what one admitted counts on the
+    other (usage deltas through Redis), so two replicas do not give twice the limit."""
+    backend = fake()
+    sections = {"clientKeys": [{"name": "app", "key": "client-key-replicas-1", "rpm": 10,
+                                "tokenQuota": 100_000, "quotaPeriod": "daily"}]}
+    a = Replica(tmp_path, "a", [backend], redis_server.url, sections=sections)
+    b = Replica(tmp_path, "b", [backend], redis_server.url, sections=sections)
+    replicas += [a, b]
+    key = {"api-key": "client-key-replicas-1"}
+    assert [a.lb(headers=key).status_code for _ in range(6)] == [200] * 6
+    wait_until(lambda: b.get("metrics", headers=key).status_code == 200, timeout=2)
+    time.sleep(0.3)  # propagation is milliseconds; leave room on a loaded machine
+    answers = [b.lb(headers=key).status_code for _ in range(5)]
+    assert answers == [200] * 4 + [429]
+    refused = b.lb(headers=key)
+    assert "client app: over its rpm of 10" in refused.json()["error"]["message"]
+    assert backend.calls == 10
+    assert "client-key-replicas-1" not in str(redis_dump(redis_server.client()))

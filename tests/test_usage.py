@@ -164,3 +164,24 @@ def test_client_defaults_fill_each_missing_field() -> None:
     assert "clientDefaults" not in config.sections
     plain = parse_config({"endpoints": [{"uri": "http://127.0.0.1:1/x", "apikey": "k"}]}, {})
     assert plain.client_limits == {} and not plain.client_defaults.counted
+
+
+def test_replicas_exchange_deltas_and_count_each_others_calls() -> None:
+    clock = Clock(epoch("2026-12-01T10:00:00"))
+    here, there = ClientUsage(5, clock=clock), ClientUsage(5, clock=clock)
+    woken: list[int] = []
+    here.on_pending = lambda: woken.append(1)
+    limits = ClientLimits(tpm=300, rpm=10, token_quota=1000, quota_period="daily")
+    ticket = here.admit("a", limits, "/lb", 100)
+    assert isinstance(ticket, Ticket)
+    ticket.settle(Usage(20, 20, 40))
+    assert woken == [1]  # woken once while deltas pend, not per delta
+    deltas = here.take_deltas()
+    assert [d[2:4] for d in deltas] == [[100, 1], [-60, 0]]
+    there.apply_remote(deltas)
+    assert there.counted("a") == (40, 1, 40)
+    assert isinstance(there.admit("a", limits, "/lb", 260), Ticket)
+    assert isinstance(there.admit("a", limits, "/lb", 1), Refusal)  # 40 + 260 + 1 > 300
+    clock.now += 60
+    assert there.counted("a") == (0, 0, 300)  # the minute slid; the day's total stays
+    assert here.take_deltas() == []

@@ -37,7 +37,16 @@ from redis.retry import Retry
 
 from ..routing.registry import CooldownEvent, Registry
 from ..settings import Settings, redacted_url
-from .messages import KINDS, Cooldown, Message, ReloadAnswer, ReloadRequest, decode
+from ..usage import ClientUsage
+from .messages import (
+    KINDS,
+    ClientUsageDeltas,
+    Cooldown,
+    Message,
+    ReloadAnswer,
+    ReloadRequest,
+    decode,
+)
 from .view import MetricsView
 
 log = logging.getLogger("apirouter")
@@ -121,6 +130,8 @@ class ClusterLink:
         self._queue: deque[Message] = deque()
         self._wake = threading.Condition()  # guards _queue and _sync_now
         self._sync_now = False
+        self._usage: ClientUsage | None = None  # per-client counts shared with the others
+        self._usage_waiting = False  # guarded by _wake: deltas to take from _usage
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._reread = threading.Event()  # read the soft state again (after a reload)
@@ -195,6 +206,23 @@ class ClusterLink:
         """Registry listener, on the calling thread after its lock: queue, nothing more."""
         self.publish(Cooldown(self.replica, event.backend, event.until, event.reason,
                               event.streak, event.at))
+
+    def share_usage(self, usage: ClientUsage) -> None:
+        """Publish ``usage``'s deltas as they come and apply the other replicas'."""
+        self._usage = usage
+        self.handlers[ClientUsageDeltas.kind] = self._apply_usage
+        usage.on_pending = self._usage_pending
+
+    def _usage_pending(self) -> None:
+        """On a call's thread, after the usage lock: wake the publisher, nothing more."""
+        with self._wake:
+            self._usage_waiting = True
+            self._wake.notify()
+
+    def _apply_usage(self, message: Message) -> bool:
+        assert isinstance(message, ClientUsageDeltas) and self._usage is not None
+        self._usage.apply_remote(message.deltas)
+        return True
 
     def request_reload(self, wait: float) -> dict[str, Any]:
         """Ask every other replica to re-read its own configuration file; wait up to
@@ -362,6 +390,7 @@ class ClusterLink:
             with self._wake:
                 while not self._stop.is_set() and not (
                         self.connected and (self._queue or self._sync_now
+                                            or self._usage_waiting
                                             or time.monotonic() >= next_sync)):
                     timeout = next_sync - time.monotonic() if self.connected else 0.25
                     self._wake.wait(max(0.01, min(timeout, 0.25)))
@@ -369,6 +398,11 @@ class ClusterLink:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
+                if self._usage_waiting and self._usage is not None:
+                    self._usage_waiting = False
+                    deltas = self._usage.take_deltas()  # its own lock, briefly
+                    if deltas:
+                        batch.append(ClientUsageDeltas(self.replica, deltas))
                 sync = self._sync_now or time.monotonic() >= next_sync
                 self._sync_now = False
             try:
