@@ -111,7 +111,7 @@ class ClientCounters:
 
     calls: int = 0  # admitted and forwarded
     rate_limited: int = 0  # answered 429 by the client's tpm or rpm
-    refused: int = 0  # answered 403: quota used up, or a pool it may not use
+    refused: int = 0  # answered 403 (quota used up, a pool it may not use) or 400 (too large)
     prompt_tokens: int = 0  # from the answers' usage
     completion_tokens: int = 0
 
@@ -368,7 +368,8 @@ class ClientUsage:
             copies = {name: (ClientCounters(**vars(c.current)), list(c.history))
                       for name, c in self._clients.items()}
         out = {}
-        for name in [*names, *(n for n in copies if n not in set(names))]:
+        listed = list(names)
+        for name in [*listed, *(n for n in copies if n not in set(listed))]:
             current, history = copies.get(name, (ClientCounters(), []))
             out[name] = {**current.as_json(),
                          "history": {str(i): entry for i, entry in enumerate(history)}}

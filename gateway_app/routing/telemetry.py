@@ -200,7 +200,8 @@ class ClientUsageCollector(Collector):
         calls = CounterMetricFamily("apirouter_client_requests",
                                     "Calls of a client: admitted and forwarded, refused 429 by "
                                     "its tpm or rpm (rate_limited), refused 403 by its quota or "
-                                    "deployments (refused)", labels=["client", "outcome"])
+                                    "deployments, or 400 as larger than its whole tpm (refused)",
+                                    labels=["client", "outcome"])
         tokens = CounterMetricFamily("apirouter_client_tokens",
                                      "Tokens of a client's answers, from their usage",
                                      labels=["client", "kind"])
