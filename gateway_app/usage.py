@@ -347,6 +347,18 @@ class ClientUsage:
         if wake:
             self._wake()
 
+    def seed_quotas(self, totals: Mapping[tuple[str, float], int]) -> None:
+        """Quota totals the replicas counted together (Redis), per (client, period start): a
+        replica that starts or reconnects takes the larger of its own and the shared one."""
+        with self._lock:
+            now = self._clock()
+            for (name, period), tokens in totals.items():
+                client = self._client(name, now)
+                if client.period is None or period > client.period:
+                    client.period, client.period_tokens = period, tokens
+                elif period == client.period:
+                    client.period_tokens = max(client.period_tokens, tokens)
+
     # --- metrics -----------------------------------------------------------------------------
     def close_intervals(self, now: float | None = None) -> list[dict[str, Any]]:
         """Close every client's metrics interval; the closed entries, one per client."""

@@ -406,3 +406,23 @@ def test_client_limits_count_every_replicas_calls(tmp_path, fake, redis_server, 
     assert "client app: over its rpm of 10" in refused.json()["error"]["message"]
     assert backend.calls == 10
     assert "client-key-replicas-1" not in str(redis_dump(redis_server.client()))
+
+
+def test_a_replica_that_starts_later_knows_the_quota_used(tmp_path, fake, redis_server,
+                                                          replicas):
+    """Quota totals are summed in Redis (names and numbers only), so a replica started
+    mid-period does not give a client its whole quota again."""
+    backend = fake()  # every answer: 30 tokens; each call is estimated at 17
+    sections = {"clientKeys": [{"name": "app", "key": "client-key-replicas-2",
+                                "tokenQuota": 250, "quotaPeriod": "monthly"}]}
+    key = {"api-key": "client-key-replicas-2"}
+    a = Replica(tmp_path, "a", [backend], redis_server.url, sections=sections)
+    replicas.append(a)
+    assert [a.lb(headers=key).status_code for _ in range(5)] == [200] * 5  # 150 tokens
+    client = redis_server.client()
+    wait_until(lambda: any(client.hgetall(k).get("app") == "150"
+                           for k in client.scan_iter(match="*client-quota:*")), timeout=2)
+    b = Replica(tmp_path, "b", [backend], redis_server.url, sections=sections)
+    replicas.append(b)
+    answers = [b.lb(headers=key).status_code for _ in range(4)]
+    assert answers == [200, 200, 200, 403]  # 180, 210, 240; then 240 + 17 > 250

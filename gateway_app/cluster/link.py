@@ -53,6 +53,11 @@ log = logging.getLogger("apirouter")
 
 # messages waiting for the publisher; each is a few hundred bytes
 QUEUE_LIMIT = 10_000
+# Each client's tokens in a quota period, summed by every replica (HINCRBY of its deltas):
+# hash PREFIX + QUOTA_KEY + period start (epoch), field = client name. Kept past the longest
+# period (a month), so a replica that starts mid-period knows what was used.
+QUOTA_KEY = "client-quota:"
+QUOTA_TTL = 40 * 86400
 # the longest pause between two attempts to reach Redis
 MAX_BACKOFF = 2.0
 # how many propagation times are kept for /instanceinfo's percentiles
@@ -340,6 +345,7 @@ class ClusterLink:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)  # first, so nothing published after is missed
                 self._read_state()
+                self._read_quotas()
                 self.view.forget_written()
                 self._set_connected(True)
                 self._first_attempt.set()
@@ -383,6 +389,21 @@ class ClusterLink:
                 else:
                     self._dispatch(text, from_state=True)
 
+    def _read_quotas(self) -> None:
+        """Seed the clients' quota totals with what every replica counted (QUOTA_KEY)."""
+        if self._usage is None:
+            return
+        totals: dict[tuple[str, float], int] = {}
+        for key in self.redis.scan_iter(match=f"{self.prefix}{QUOTA_KEY}*", count=100):
+            try:
+                period = float(key.rsplit(":", 1)[1])
+            except ValueError:
+                continue
+            for name, tokens in self.redis.hgetall(key).items():
+                totals[name, period] = int(tokens)
+        if totals:
+            self._usage.seed_quotas(totals)
+
     def _publish_loop(self) -> None:
         period = self.settings.redis_sync_seconds
         next_sync = time.monotonic()
@@ -421,6 +442,12 @@ class ClusterLink:
 
     def _stage(self, pipe: Any, message: Message) -> None:
         text = message.encode()
+        if isinstance(message, ClientUsageDeltas):  # quota totals outlive the processes
+            for name, _at, tokens, _requests, period in message.deltas:
+                if period is not None and tokens:
+                    key = f"{self.prefix}{QUOTA_KEY}{period!r}"
+                    pipe.hincrby(key, name, tokens)
+                    pipe.expire(key, QUOTA_TTL)
         if message.state_hash:
             ends = message.expires()
             self._keep_later(keys=[f"{self.prefix}{message.state_hash}"],
