@@ -270,7 +270,8 @@ class Gateway:
             **({"deploymentMetrics": snapshot["deploymentMetrics"]}
                if snapshot["deploymentMetrics"] else {}),
             # only with client keys, so the original's shape is unchanged without them
-            **({"clientMetrics": self.usage.metrics_json(self.current.client_limits)}
+            **({"clientMetrics": snapshot.get("clientMetrics")
+                                 or self.usage.metrics_json(self.current.client_limits)}
                if self.client_keys.enabled else {}),
             "successApiCalls": snapshot["successApiCalls"],
             "failedApiCalls": snapshot["failedApiCalls"],

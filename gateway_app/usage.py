@@ -122,6 +122,14 @@ class ClientCounters:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClientCounters:
+        return cls(calls=int(data.get("calls", 0)),
+                   rate_limited=int(data.get("rateLimitedCalls", 0)),
+                   refused=int(data.get("refusedCalls", 0)),
+                   prompt_tokens=int(data.get("promptTokens", 0)),
+                   completion_tokens=int(data.get("completionTokens", 0)))
+
     def as_json(self) -> dict[str, int]:
         return {"calls": self.calls, "rateLimitedCalls": self.rate_limited,
                 "refusedCalls": self.refused, "promptTokens": self.prompt_tokens,
@@ -386,6 +394,13 @@ class ClientUsage:
             out[name] = {**current.as_json(),
                          "history": {str(i): entry for i, entry in enumerate(history)}}
         return out
+
+    def raw(self) -> dict[str, dict[str, Any]]:
+        """Every client's current interval (start, counters) and closed ones, for the
+        cluster's sums (cluster/view.py)."""
+        with self._lock:
+            return {name: {"start": c.started_at, "current": c.current.as_json(),
+                           "history": list(c.history)} for name, c in self._clients.items()}
 
     def totals(self) -> dict[str, ClientCounters]:
         """Every client's counts since the start (Prometheus counters)."""

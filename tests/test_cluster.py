@@ -405,6 +405,14 @@ def test_client_limits_count_every_replicas_calls(tmp_path, fake, redis_server, 
     refused = b.lb(headers=key)
     assert "client app: over its rpm of 10" in refused.json()["error"]["message"]
     assert backend.calls == 10
+
+    def cluster_figures():
+        shown = a.get("metrics?scope=cluster", headers=key).json()["clientMetrics"]["app"]
+        return shown if shown["calls"] == 10 and shown["rateLimitedCalls"] == 2 else None
+
+    summed = wait_until(cluster_figures, timeout=5)  # a's 6 and b's 4, b's two 429s
+    assert (summed["promptTokens"], summed["completionTokens"]) == (200, 100)
+    assert a.get("metrics", headers=key).json()["clientMetrics"]["app"]["calls"] == 6
     assert "client-key-replicas-1" not in str(redis_dump(redis_server.client()))
 
 

@@ -215,6 +215,7 @@ class ClusterLink:
     def share_usage(self, usage: ClientUsage) -> None:
         """Publish ``usage``'s deltas as they come and apply the other replicas'."""
         self._usage = usage
+        self.view.usage = usage
         self.handlers[ClientUsageDeltas.kind] = self._apply_usage
         usage.on_pending = self._usage_pending
 
