@@ -264,6 +264,7 @@ class ClientUsage:
             now = self._clock()
             for name, at, tokens, requests, period in deltas:
                 client = self._client(str(name), now)
+                self._expire(client, now)  # also for a client that never calls here
                 if now - at < self.window:
                     client.records.append(_Record(at, tokens, period, requests))
                     client.window_tokens += tokens

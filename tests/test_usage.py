@@ -185,3 +185,12 @@ def test_replicas_exchange_deltas_and_count_each_others_calls() -> None:
     clock.now += 60
     assert there.counted("a") == (0, 0, 300)  # the minute slid; the day's total stays
     assert here.take_deltas() == []
+
+
+def test_deltas_of_clients_that_never_call_here_leave_the_window() -> None:
+    clock = Clock(0.0)
+    usage = ClientUsage(5, clock=clock)
+    for second in range(120):
+        clock.now = float(second)
+        usage.apply_remote([["far", clock.now, 10, 1, None]])
+    assert len(usage._clients["far"].records) == 60  # the last minute's, not all 120
