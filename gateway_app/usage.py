@@ -146,6 +146,9 @@ class _Client:
     window_requests: int = 0
     period: float | None = None  # start of the quota period of period_tokens
     period_tokens: int = 0
+    # the end of that period and its kind, so the calendar is consulted once per period
+    period_end: float = 0.0
+    period_kind: str | None = None
     current: ClientCounters = field(default_factory=ClientCounters)
     total: ClientCounters = field(default_factory=ClientCounters)  # never reset
     started_at: float = 0.0
@@ -272,6 +275,7 @@ class ClientUsage:
                 if period is not None:
                     if client.period is None or period > client.period:
                         client.period, client.period_tokens = period, 0
+                        client.period_end = 0.0  # its end: looked up at the next admission
                     if period == client.period:
                         client.period_tokens += tokens
 
@@ -289,9 +293,12 @@ class ClientUsage:
         """Lock held. The limit the call would break, if any (quota first: waiting a minute
         does not help it)."""
         if limits.token_quota is not None and limits.quota_period is not None:
-            start, end = period_bounds(now, limits.quota_period)
-            if client.period is None or start > client.period:  # a new period: from 0 again
-                client.period, client.period_tokens = start, 0
+            if now >= client.period_end or client.period_kind != limits.quota_period:
+                start, end = period_bounds(now, limits.quota_period)
+                if client.period is None or start > client.period:  # a new period: from 0
+                    client.period, client.period_tokens = start, 0
+                client.period_end, client.period_kind = end, limits.quota_period
+            end = client.period_end
             if client.period_tokens + cost > limits.token_quota:
                 ends = datetime.fromtimestamp(end, UTC).isoformat()
                 return Refusal(403, "tokenQuota",
@@ -365,6 +372,7 @@ class ClientUsage:
                 client = self._client(name, now)
                 if client.period is None or period > client.period:
                     client.period, client.period_tokens = period, tokens
+                    client.period_end = 0.0
                 elif period == client.period:
                     client.period_tokens = max(client.period_tokens, tokens)
 
