@@ -111,7 +111,10 @@ def test_quota_answers_403_with_the_period_end(fake, start_gateway):
 
 def test_deployments_restrict_the_routes_a_client_may_use(fake, start_gateway):
     backend = fake()
-    gw = start_gateway([backend], sections={**clients(deployments=["gpt-4o"]), **pool(backend)})
+    pools = pool(backend)
+    pools["deployments"]["mini"] = {"backends": [
+        {"endpoint": backend.base, "deployment": "m", "apikey": "backend-key"}]}
+    gw = start_gateway([backend], sections={**clients(deployments=["gpt-4o"]), **pools})
     refused = call(gw, KEY_A)
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "DeploymentNotAllowed"
@@ -122,6 +125,10 @@ def test_deployments_restrict_the_routes_a_client_may_use(fake, start_gateway):
     assert call(gw, KEY_B).status_code == 200
     assert backend.calls == 2
     assert metrics(gw)["clientMetrics"]["app-a"]["refusedCalls"] == 1
+    models = gw.http.get(f"{gw.base}/v1/models", headers={"api-key": KEY_A}).json()["data"]
+    assert [m["id"] for m in models] == ["gpt-4o"]  # not mini
+    models = gw.http.get(f"{gw.base}/v1/models", headers={"api-key": KEY_B}).json()["data"]
+    assert [m["id"] for m in models] == ["gpt-4o", "mini"]
 
 
 def test_streamed_usage_settles_the_count(fake, start_gateway):

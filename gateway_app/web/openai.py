@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask import Response, jsonify, request
+from flask import Response, g, jsonify, request
 
 from ..errors import json_error
 from ..routing.proxy import Call
 from ..routing.registry import PoolEntry, Registry
+from ..usage import NO_LIMITS
 from .blueprint import bp
 from .routes import client_gone, gateway, limit_client, read_call, relay
 
@@ -73,9 +74,12 @@ def openai_v1(operation: str) -> Response:
 
 @bp.get("/v1/models")
 def openai_models() -> Response:
-    """The pools, as the models an OpenAI client may name."""
+    """The pools, as the models an OpenAI client may name (those its ``deployments`` list,
+    when it has such a limit)."""
+    current = gateway().current
+    limits = current.client_limits.get(g.get("client") or "", NO_LIMITS)
     created = int(gateway().started_at)
     return jsonify({"object": "list",
                     "data": [{"id": name, "object": "model", "created": created,
                               "owned_by": "apirouter"}
-                             for name in sorted(gateway().current.pools)]})
+                             for name in sorted(current.pools) if limits.allows(name)]})
