@@ -16,6 +16,7 @@ from ..errors import json_error
 from ..gateway import Gateway
 from ..json_depth import MAX_JSON_DEPTH, nests_deeper
 from ..keys import same_secret
+from ..logs import log_fields
 from ..routing.cost import estimate_cost
 from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
 from ..routing.metrics import iso_time
@@ -29,6 +30,7 @@ from .auth import is_open, open_route, presented_key
 from .blueprint import api, bp
 
 log = logging.getLogger("apirouter")
+CALL_LOG = logging.getLogger("apirouter.call")  # the proxy's one line per call
 
 GATEWAY_KEY_HEADER = "x-api-gateway-key"
 
@@ -100,6 +102,11 @@ def limit_client(call: Call, pool: str) -> Response | None:
     if isinstance(verdict, Ticket):
         call.ticket = verdict
         return None
+    if CALL_LOG.isEnabledFor(logging.INFO):
+        log_fields(CALL_LOG, logging.INFO, "call refused by client limit",
+                   {"request_id": call.request_id, "client": name, "pool": pool,
+                    "limit": verdict.limit, "status": verdict.status,
+                    "estimated_tokens": call.cost})
     return _refusal(verdict, call.request_id)
 
 
