@@ -10,11 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .routing.registry import Registry
+from .usage import ClientUsage
 
 log = logging.getLogger("apirouter")
 
 # Receives the entries of one closing, one per endpoint: {"endpoint", "priority",
-# "collectionTime", "collectedMetrics"}. Runs on the collector thread, never on a call's.
+# "collectionTime", "collectedMetrics"}, then one per client that has used the gateway:
+# {"client", "collectionTime", "collectedMetrics"}. Runs on the collector thread, never on a
+# call's.
 Sink = Callable[[list[dict[str, Any]]], None]
 
 
@@ -31,8 +34,10 @@ class IntervalCollector:
     so their intervals share collectionTime); else every interval from the start.
     """
 
-    def __init__(self, registry: Registry, interval: float, aligned: bool = False) -> None:
+    def __init__(self, registry: Registry, interval: float, aligned: bool = False,
+                 usage: ClientUsage | None = None) -> None:
         self.registry = registry
+        self.usage = usage  # per-client figures, closed at the same moment
         self.interval = interval
         self.aligned = aligned
         self.sinks: list[Sink] = []
@@ -52,6 +57,8 @@ class IntervalCollector:
     def _close(self, now: float | None = None) -> None:
         try:
             closed = self.registry.close_intervals(now)
+            if self.usage is not None:
+                closed += self.usage.close_intervals(now)
         except Exception:  # the thread must survive anything, or history stops
             log.exception("closing the metrics interval failed")
             return

@@ -5,7 +5,9 @@ per-endpoint fields: ``apikeyEnv`` (read the key from that environment variable 
 file), ``priority`` (an explicit order; ties keep file order), ``timeout`` (read timeout in
 seconds for this endpoint) and ``utilizationLimit`` (percent: above the deployment's latest
 utilization reading, calls go to the next priority). Optional sections: ``clientKeys`` (keys
-applications must send) and ``deployments`` (named pools of backends for the Azure-style and
+applications must send, each with optional limits: ``tpm``, ``rpm``, ``tokenQuota`` with
+``quotaPeriod``, ``deployments``), ``clientDefaults`` (those limits for clients without their
+own) and ``deployments`` (named pools of backends for the Azure-style and
 /v1 routes).
 
 Limits: a deployment listed twice (the same ``uri`` in ``endpoints``, the same endpoint and
@@ -26,6 +28,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from .capacity.ptu import CapacitySchema
 from .json_depth import MAX_JSON_DEPTH, nests_deeper
+from .usage import NO_LIMITS, PERIODS, ClientLimits, merge_limits
 
 
 class ConfigError(ValueError):
@@ -43,6 +46,10 @@ class GatewayConfig:
     client_keys: dict[str, str] = field(default_factory=dict, repr=False)
     # optional sections, validated by their own schemas, kept as loaded
     sections: dict[str, Any] = field(default_factory=dict)
+    # client name -> its limits (its own fields, else clientDefaults'); no key in them
+    client_limits: dict[str, ClientLimits] = field(default_factory=dict)
+    # the limits of clients the file does not list (API_GATEWAY_CLIENT_KEYS' env-1, env-2 ...)
+    client_defaults: ClientLimits = NO_LIMITS
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,28 @@ class EndpointSchema(_BackendSchema):
     uri = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
 
 
-class ClientKeySchema(Schema):
+LIMIT_FIELDS = ("tpm", "rpm", "tokenQuota", "quotaPeriod", "deployments")
+# the original's /lb route, as a client's ``deployments`` names it (registry.DEFAULT_POOL)
+LB_ROUTE = "/lb"
+
+
+class ClientLimitsSchema(Schema):
+    """A client's limits (usage.py): each optional; ``clientDefaults`` has the same fields."""
+
+    tpm = fields.Integer(strict=True, validate=validate.Range(min=1))
+    rpm = fields.Integer(strict=True, validate=validate.Range(min=1))
+    tokenQuota = fields.Integer(strict=True, validate=validate.Range(min=1))
+    quotaPeriod = fields.String(validate=validate.OneOf(PERIODS))
+    deployments = fields.List(fields.String(validate=validate.Length(min=1)))
+
+    @validates_schema
+    def quota_with_period(self, data: dict[str, Any], **_: Any) -> None:
+        if ("tokenQuota" in data) != ("quotaPeriod" in data):
+            raise ValidationError("give tokenQuota and quotaPeriod together",
+                                  "tokenQuota" if "tokenQuota" not in data else "quotaPeriod")
+
+
+class ClientKeySchema(ClientLimitsSchema):
     """A key an application sends to use the gateway; the name shows in logs, the key never."""
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=64))
@@ -149,6 +177,7 @@ class ConfigSchema(Schema):
     # optional: the capacity report's PTU table and endpoint models (gateway_app/capacity/report.py)
     capacity = fields.Nested(CapacitySchema)
     clientKeys = fields.List(fields.Nested(ClientKeySchema))
+    clientDefaults = fields.Nested(ClientLimitsSchema)
     deployments = fields.Dict(keys=fields.String(validate=NAME),
                               values=fields.Nested(PoolSchema),
                               validate=validate.Length(max=MAX_POOLS,
@@ -164,6 +193,24 @@ class ConfigSchema(Schema):
         if "endpoints" not in data and not data.get("deployments"):
             raise ValidationError("Missing data for required field (or give deployments).",
                                   "endpoints")
+
+    @validates_schema
+    def known_deployments(self, data: dict[str, Any], **_: Any) -> None:
+        """A client's ``deployments`` name configured pools, or /lb."""
+        known = {*data.get("deployments", {}), LB_ROUTE}
+        errors: dict[str, Any] = {}
+        for index, entry in enumerate(data.get("clientKeys", [])):
+            for position, name in enumerate(entry.get("deployments", [])):
+                if name not in known:
+                    errors.setdefault("clientKeys", {}).setdefault(index, {}).setdefault(
+                        "deployments", {})[position] = [
+                            f"no deployment pool named {name!r} (nor {LB_ROUTE})"]
+        for position, name in enumerate(data.get("clientDefaults", {}).get("deployments", [])):
+            if name not in known:
+                errors.setdefault("clientDefaults", {}).setdefault("deployments", {})[
+                    position] = [f"no deployment pool named {name!r} (nor {LB_ROUTE})"]
+        if errors:
+            raise ValidationError(errors)
 
     @validates_schema
     def each_deployment_once(self, data: dict[str, Any], **_: Any) -> None:
@@ -244,14 +291,17 @@ def parse_config(document: Any, environ: Mapping[str, str]) -> GatewayConfig:
     pools = {name: _pool(name, pool, environ)
              for name, pool in data.get("deployments", {}).items()}
     client_keys = {}
+    defaults = data.get("clientDefaults", {})
+    client_limits = {}
     for index, entry in enumerate(data.get("clientKeys", [])):
         client_keys[entry["name"]] = _secret(entry, "key", "keyEnv", f"clientKeys[{index}]",
                                              environ)
+        client_limits[entry["name"]] = merge_limits(entry, defaults)
     sections = {k: v for k, v in data.items()
-                if k not in ("endpoints", "clientKeys", "deployments")}
+                if k not in ("endpoints", "clientKeys", "deployments", "clientDefaults")}
     # stable sort: explicit priorities first by value, file order breaks ties
     return GatewayConfig(sorted(endpoints, key=lambda e: e.priority), pools, client_keys,
-                         sections)
+                         sections, client_limits, merge_limits({}, defaults))
 
 
 def _pool(name: str, pool: dict[str, Any], environ: Mapping[str, str]) -> PoolConfig:

@@ -21,8 +21,9 @@ from .keys import ClientKeys, WrongKeyThrottle
 from .routing.metrics import iso_time
 from .routing.proxy import Proxy
 from .routing.registry import Registry, Snapshot
-from .routing.telemetry import Telemetry
+from .routing.telemetry import ClientUsageCollector, Telemetry
 from .settings import Settings
+from .usage import ClientUsage
 from .watcher import ConfigWatcher
 
 if TYPE_CHECKING:
@@ -72,14 +73,17 @@ class Gateway:
         if shared:  # replicas' intervals must cover the same time to be added up
             self.registry.interval_start = aligned_start(settings.metrics_interval_seconds)
         self._publish(load_config(settings.config_file))
+        self.usage = ClientUsage(settings.metrics_history,
+                                 interval_start=self.registry.interval_start)
         self.reconfig_throttle = WrongKeyThrottle(settings.reconfig_max_failures, seconds=60.0)
         self.telemetry = Telemetry(self.registry)
         self.proxy = Proxy(self.registry, settings, self.telemetry)
         self.admission = Admission(admission_limit(settings.threads, settings.max_in_progress))
         self.telemetry.prometheus.register(self.admission.collector())
+        self.telemetry.prometheus.register(ClientUsageCollector(self.usage))
         self.config_version = file_version(settings.config_file)
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds,
-                                           aligned=shared)
+                                           aligned=shared, usage=self.usage)
         self.cluster: ClusterLink | None = None
         if shared:
             from .cluster.link import ClusterLink, LinkCollector
@@ -88,6 +92,7 @@ class Gateway:
             self.cluster = ClusterLink(settings, self.registry, replica_name(settings),
                                        lambda: self.config_version)
             self.cluster.handlers[ReloadRequest.kind] = self._reload_requested
+            self.cluster.share_usage(self.usage)
             self.telemetry.prometheus.register(LinkCollector(self.cluster))
         if settings.metrics_history_file:  # closed intervals kept on disk for capacity planning
             self.collector.sinks.append(HistoryFile.from_settings(settings))
@@ -112,9 +117,12 @@ class Gateway:
 
     def _publish(self, config: GatewayConfig) -> Snapshot:
         """Publish ``config`` with its client keys (the environment's, named env-1, env-2 ...,
-        then the file's) in one step."""
+        then the file's) and their limits (clientDefaults' for the environment's) in one
+        step."""
         named = {f"env-{i}": key for i, key in enumerate(self.settings.client_keys, 1)}
-        return self.registry.publish(config, ClientKeys({**named, **config.client_keys}))
+        limits = {**{name: config.client_defaults for name in named}, **config.client_limits}
+        return self.registry.publish(config, ClientKeys({**named, **config.client_keys}),
+                                     limits)
 
     def start(self) -> None:
         if self.cluster:  # first, so a late replica knows the running cooldowns
@@ -261,6 +269,10 @@ class Gateway:
             "endpointMetrics": snapshot["endpointMetrics"],
             **({"deploymentMetrics": snapshot["deploymentMetrics"]}
                if snapshot["deploymentMetrics"] else {}),
+            # only with client keys, so the original's shape is unchanged without them
+            **({"clientMetrics": snapshot.get("clientMetrics")
+                                 or self.usage.metrics_json(self.current.client_limits)}
+               if self.client_keys.enabled else {}),
             "successApiCalls": snapshot["successApiCalls"],
             "failedApiCalls": snapshot["failedApiCalls"],
             "totalApiCalls": snapshot["totalApiCalls"],

@@ -401,3 +401,52 @@ def test_a_remaining_budget_read_by_one_replica_steers_the_others(
     r = b.lb()  # costs more than 3 tokens (the answer budget alone is 16)
     assert r.status_code == 200 and r.headers["x-apirouter-endpoint"] == "1"
     assert primary.calls == 1  # b never asked the deployment a saw full
+
+
+def test_client_limits_count_every_replicas_calls(tmp_path, fake, redis_server, replicas):
+    """A client's rpm and tokenQuota hold across replicas: what one admitted counts on the
+    other (usage deltas through Redis), so two replicas do not give twice the limit."""
+    backend = fake()
+    sections = {"clientKeys": [{"name": "app", "key": "client-key-replicas-1", "rpm": 10,
+                                "tokenQuota": 100_000, "quotaPeriod": "daily"}]}
+    a = Replica(tmp_path, "a", [backend], redis_server.url, sections=sections)
+    b = Replica(tmp_path, "b", [backend], redis_server.url, sections=sections)
+    replicas += [a, b]
+    key = {"api-key": "client-key-replicas-1"}
+    assert [a.lb(headers=key).status_code for _ in range(6)] == [200] * 6
+    wait_until(lambda: b.get("metrics", headers=key).status_code == 200, timeout=2)
+    time.sleep(0.3)  # propagation is milliseconds; leave room on a loaded machine
+    answers = [b.lb(headers=key).status_code for _ in range(5)]
+    assert answers == [200] * 4 + [429]
+    refused = b.lb(headers=key)
+    assert "client app: over its rpm of 10" in refused.json()["error"]["message"]
+    assert backend.calls == 10
+
+    def cluster_figures():
+        shown = a.get("metrics?scope=cluster", headers=key).json()["clientMetrics"]["app"]
+        return shown if shown["calls"] == 10 and shown["rateLimitedCalls"] == 2 else None
+
+    summed = wait_until(cluster_figures, timeout=5)  # a's 6 and b's 4, b's two 429s
+    assert (summed["promptTokens"], summed["completionTokens"]) == (200, 100)
+    assert a.get("metrics", headers=key).json()["clientMetrics"]["app"]["calls"] == 6
+    assert "client-key-replicas-1" not in str(redis_dump(redis_server.client()))
+
+
+def test_a_replica_that_starts_later_knows_the_quota_used(tmp_path, fake, redis_server,
+                                                          replicas):
+    """Quota totals are summed in Redis (names and numbers only), so a replica started
+    mid-period does not give a client its whole quota again."""
+    backend = fake()  # every answer: 30 tokens; each call is estimated at 17
+    sections = {"clientKeys": [{"name": "app", "key": "client-key-replicas-2",
+                                "tokenQuota": 250, "quotaPeriod": "monthly"}]}
+    key = {"api-key": "client-key-replicas-2"}
+    a = Replica(tmp_path, "a", [backend], redis_server.url, sections=sections)
+    replicas.append(a)
+    assert [a.lb(headers=key).status_code for _ in range(5)] == [200] * 5  # 150 tokens
+    client = redis_server.client()
+    wait_until(lambda: any(client.hgetall(k).get("app") == "150"
+                           for k in client.scan_iter(match="*client-quota:*")), timeout=2)
+    b = Replica(tmp_path, "b", [backend], redis_server.url, sections=sections)
+    replicas.append(b)
+    answers = [b.lb(headers=key).status_code for _ in range(4)]
+    assert answers == [200, 200, 200, 403]  # 180, 210, 240; then 240 + 17 > 250

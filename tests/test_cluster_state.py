@@ -204,6 +204,28 @@ def test_the_cluster_sums_counters_per_interval_start():
     assert [r["name"] for r in summed["replicas"]] == ["a", "b", "c"]
 
 
+def test_the_cluster_sums_client_figures_per_interval_start():
+    view = MetricsView(_registry([URI]), "a", "p:", 60.0, 5, 1.0, lambda: "v1")
+
+    def figures(calls: int, limited: int = 0) -> dict:
+        return {"calls": calls, "rateLimitedCalls": limited, "refusedCalls": 0,
+                "promptTokens": 2 * calls, "completionTokens": calls, "totalTokens": 3 * calls}
+
+    docs = [_doc("a", 180.0, 0, 0), _doc("b", 180.0, 0, 0), _doc("c", 120.0, 0, 0)]
+    docs[0]["clients"] = {"app": {"start": 180.0, "current": figures(3, 1)}}
+    docs[0]["clientHistory"] = {60.0: {"app": figures(5)}, 120.0: {"app": figures(1)}}
+    docs[1]["clients"] = {"app": {"start": 180.0, "current": figures(4)},
+                          "other": {"start": 180.0, "current": figures(1)}}
+    docs[2]["clients"] = {"app": {"start": 120.0, "current": figures(2)}}  # late: closed
+    summed = view.summed(docs, [{}, {}, {}])["clientMetrics"]
+    assert (summed["app"]["calls"], summed["app"]["rateLimitedCalls"]) == (7, 1)
+    history = {h["collectionTime"][11:19]: h["collectedMetrics"]
+               for h in summed["app"]["history"].values()}
+    assert history["00:01:00"]["calls"] == 5
+    assert history["00:02:00"]["calls"] == 3 and history["00:02:00"]["totalTokens"] == 9
+    assert summed["other"]["calls"] == 1 and summed["other"]["history"] == {}
+
+
 # --- Redis that is not there ---------------------------------------------------------------
 
 def test_without_redis_calls_never_wait_and_probes_stay_green(fake, start_gateway, capfd):

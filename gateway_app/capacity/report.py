@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from marshmallow import ValidationError
 
+from . import clients
 from .ptu import (
     DEFAULT_LIKE,
     DEFAULT_MODEL,
@@ -120,6 +121,8 @@ def intervals_from_history(lines: Iterable[str], where: str = "history",
             continue
         try:
             entry = json.loads(line)
+            if "client" in entry:  # a client's usage (client_usage_from_history reads those)
+                continue
             instance = str(entry.get("instanceName", ""))
             found.append(_interval(instance, str(entry.get("source") or instance),
                                    entry["endpoint"], entry["priority"], entry,
@@ -415,9 +418,14 @@ def live_report(metrics_document: Mapping[str, Any], section: Mapping[str, Any] 
     intervals = intervals_from_metrics(metrics_document)
     endpoints = [(pool, e["endpoint"], e["priority"])
                  for pool, e in _endpoints_of(metrics_document)]
-    return build_report(intervals, Planning.from_section(section), endpoints,
-                        instance=metrics_document.get("instanceName", ""),
-                        interval_minutes=metrics_document.get("collectionInterval"))
+    report = build_report(intervals, Planning.from_section(section), endpoints,
+                          instance=metrics_document.get("instanceName", ""),
+                          interval_minutes=metrics_document.get("collectionInterval"))
+    if "clientMetrics" in metrics_document:  # client keys are configured
+        status = report.pop("status")
+        report["clients"] = clients.client_rows(clients.from_metrics(metrics_document))
+        report["status"] = status
+    return report
 
 
 # --- output: a readable table and CSV ------------------------------------------------------
@@ -523,6 +531,10 @@ def _parser() -> argparse.ArgumentParser:
                              "completion tokens (tokenSplit); a row whose history has no "
                              "split, saved by an older gateway, counts 0)")
     parser.add_argument("--csv", metavar="OUT", help="also write the rows as CSV to OUT")
+    parser.add_argument("--clients-csv", metavar="OUT",
+                        help="also write the usage by client (calls, 429s, 403s, prompt and "
+                             "completion tokens, share of tokens) as CSV to OUT, for "
+                             "chargeback")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -578,12 +590,31 @@ def main(argv: list[str] | None = None) -> int:
     planning = Planning.from_section(section, deployment_type=args.deployment_type,
                                      output_share=args.output_share)
     report = build_report(intervals, planning)
+    usage = _client_rows(args)
+    if usage:
+        report["clients"] = usage
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         sys.stdout.write(format_table(report))
+        if usage:
+            sys.stdout.write("\n" + clients.format_rows(usage))
     if args.csv:
         with open(args.csv, "w", encoding="utf-8", newline="") as out:
             write_csv(report, out)
+    if args.clients_csv:
+        with open(args.clients_csv, "w", encoding="utf-8", newline="") as out:
+            clients.write_csv(usage, out)
     return 0
+
+
+def _client_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Usage by client in the inputs (already read once, so readable)."""
+    found: clients.ClientIntervals = {}
+    for path in args.metrics:
+        clients.from_metrics(json.loads(Path(path).read_text(encoding="utf-8")), found)
+    for path in args.history:
+        with open(path, encoding="utf-8") as handle:
+            clients.from_history(handle, found)
+    return clients.client_rows(found)
 

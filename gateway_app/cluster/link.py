@@ -37,13 +37,28 @@ from redis.retry import Retry
 
 from ..routing.registry import CooldownEvent, ReadingEvent, Registry
 from ..settings import Settings, redacted_url
-from .messages import KINDS, Cooldown, Message, Reading, ReloadAnswer, ReloadRequest, decode
+from ..usage import ClientUsage
+from .messages import (
+    KINDS,
+    ClientUsageDeltas,
+    Cooldown,
+    Message,
+    Reading,
+    ReloadAnswer,
+    ReloadRequest,
+    decode,
+)
 from .view import MetricsView
 
 log = logging.getLogger("apirouter")
 
 # messages waiting for the publisher; each is a few hundred bytes
 QUEUE_LIMIT = 10_000
+# Each client's tokens in a quota period, summed by every replica (HINCRBY of its deltas):
+# hash PREFIX + QUOTA_KEY + period start (epoch), field = client name. Kept past the longest
+# period (a month), so a replica that starts mid-period knows what was used.
+QUOTA_KEY = "client-quota:"
+QUOTA_TTL = 40 * 86400
 # the longest pause between two attempts to reach Redis
 MAX_BACKOFF = 2.0
 # how many propagation times are kept for /instanceinfo's percentiles
@@ -127,6 +142,8 @@ class ClusterLink:
         self._queue: deque[Message] = deque()
         self._wake = threading.Condition()  # guards _queue and _sync_now
         self._sync_now = False
+        self._usage: ClientUsage | None = None  # per-client counts shared with the others
+        self._usage_waiting = False  # guarded by _wake: deltas to take from _usage
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._reread = threading.Event()  # read the soft state again (after a reload)
@@ -212,6 +229,24 @@ class ClusterLink:
         self._readings_sent[event.backend] = now  # a race costs one more message, no harm
         self.publish(Reading(self.replica, event.backend, event.requests, event.tokens,
                              event.utilization, event.read_at, event.as_of, event.until))
+
+    def share_usage(self, usage: ClientUsage) -> None:
+        """Publish ``usage``'s deltas as they come and apply the other replicas'."""
+        self._usage = usage
+        self.view.usage = usage
+        self.handlers[ClientUsageDeltas.kind] = self._apply_usage
+        usage.on_pending = self._usage_pending
+
+    def _usage_pending(self) -> None:
+        """On a call's thread, after the usage lock: wake the publisher, nothing more."""
+        with self._wake:
+            self._usage_waiting = True
+            self._wake.notify()
+
+    def _apply_usage(self, message: Message) -> bool:
+        assert isinstance(message, ClientUsageDeltas) and self._usage is not None
+        self._usage.apply_remote(message.deltas)
+        return True
 
     def request_reload(self, wait: float) -> dict[str, Any]:
         """Ask every other replica to re-read its own configuration file; wait up to
@@ -335,6 +370,7 @@ class ClusterLink:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)  # first, so nothing published after is missed
                 self._read_state()
+                self._read_quotas()
                 self.view.forget_written()
                 self._set_connected(True)
                 self._first_attempt.set()
@@ -378,6 +414,21 @@ class ClusterLink:
                 else:
                     self._dispatch(text, from_state=True)
 
+    def _read_quotas(self) -> None:
+        """Seed the clients' quota totals with what every replica counted (QUOTA_KEY)."""
+        if self._usage is None:
+            return
+        totals: dict[tuple[str, float], int] = {}
+        for key in self.redis.scan_iter(match=f"{self.prefix}{QUOTA_KEY}*", count=100):
+            try:
+                period = float(key.rsplit(":", 1)[1])
+            except ValueError:
+                continue
+            for name, tokens in self.redis.hgetall(key).items():
+                totals[name, period] = int(tokens)
+        if totals:
+            self._usage.seed_quotas(totals)
+
     def _publish_loop(self) -> None:
         period = self.settings.redis_sync_seconds
         next_sync = time.monotonic()
@@ -385,6 +436,7 @@ class ClusterLink:
             with self._wake:
                 while not self._stop.is_set() and not (
                         self.connected and (self._queue or self._sync_now
+                                            or self._usage_waiting
                                             or time.monotonic() >= next_sync)):
                     timeout = next_sync - time.monotonic() if self.connected else 0.25
                     self._wake.wait(max(0.01, min(timeout, 0.25)))
@@ -392,6 +444,11 @@ class ClusterLink:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
+                if self._usage_waiting and self._usage is not None:
+                    self._usage_waiting = False
+                    deltas = self._usage.take_deltas()  # its own lock, briefly
+                    if deltas:
+                        batch.append(ClientUsageDeltas(self.replica, deltas))
                 sync = self._sync_now or time.monotonic() >= next_sync
                 self._sync_now = False
             try:
@@ -410,6 +467,12 @@ class ClusterLink:
 
     def _stage(self, pipe: Any, message: Message) -> None:
         text = message.encode()
+        if isinstance(message, ClientUsageDeltas):  # quota totals outlive the processes
+            for name, _at, tokens, _requests, period in message.deltas:
+                if period is not None and tokens:
+                    key = f"{self.prefix}{QUOTA_KEY}{period!r}"
+                    pipe.hincrby(key, name, tokens)
+                    pipe.expire(key, QUOTA_TTL)
         if message.state_hash:
             ends = message.expires()
             self._keep_later(keys=[f"{self.prefix}{message.state_hash}"],

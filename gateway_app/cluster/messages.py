@@ -108,6 +108,18 @@ class ReloadAnswer(Message):
     error: str = ""  # why not: ConfigError's text, which names fields, never a key
 
 
+@dataclass(frozen=True)
+class ClientUsageDeltas(Message):
+    """What the origin's clients were admitted and settled since its last such message, so
+    that every replica counts every replica's calls against each client's limits. Each delta
+    is ``[client name, admitted at (epoch), tokens, requests, quota period start or null]``
+    (usage.py); a settlement is the change of its call's tokens, with 0 requests."""
+
+    kind: ClassVar[str] = "client-usage"
+
+    deltas: list[list[Any]]
+
+
 def decode(text: str | bytes) -> Message | None:
     """The message in ``text``; None for a kind this replica does not know or a malformed
     one (logged by the caller)."""

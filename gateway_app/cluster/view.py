@@ -29,6 +29,7 @@ from typing import Any
 
 from ..routing.metrics import IntervalCounters, iso_time, metrics_json
 from ..routing.registry import DEFAULT_POOL, Registry
+from ..usage import ClientCounters, ClientUsage
 
 Row = tuple[str, str]  # (pool, endpoint)
 
@@ -66,9 +67,14 @@ class MetricsView:
         self.horizon = interval * (history_size + 1) + 60.0
         # a replica that wrote within this is "live" (it writes every sync_seconds)
         self.live_within = 3 * sync_seconds + 2.0
-        self._lock = threading.Lock()  # guards _written and _newest
+        self._lock = threading.Lock()  # guards _written, _newest and their clients' twins
         self._written: set[str] = set()  # history fields already in Redis
         self._newest = float("-inf")  # start of the newest of them
+        # per-client figures (usage.py), when client keys exist; in their own hash, so that
+        # a replica of an older version reading the endpoints' history finds only rows
+        self.usage: ClientUsage | None = None
+        self._clients_written: set[str] = set()
+        self._clients_newest = float("-inf")
 
     @property
     def replicas_key(self) -> str:
@@ -80,11 +86,16 @@ class MetricsView:
     def _history_key(self, name: str) -> str:
         return f"{self.prefix}history:{name}"
 
+    def _client_history_key(self, name: str) -> str:
+        return f"{self.prefix}client-history:{name}"
+
     def forget_written(self) -> None:
         """Redis may have lost everything (a restart): write every closed interval again."""
         with self._lock:
             self._written.clear()
             self._newest = float("-inf")
+            self._clients_written.clear()
+            self._clients_newest = float("-inf")
 
     def stage(self, pipe: Any) -> None:
         """Queue this replica's writes on a Redis pipeline (executed by the caller)."""
@@ -116,6 +127,8 @@ class MetricsView:
             self._written.update(new)
             self._newest = max([self._newest, *(float(k) for k in new)])
         ttl = max(1, round(self.horizon))
+        if self.usage is not None:
+            self._stage_clients(pipe, doc, ttl)
         pipe.set(self._doc_key(self.replica), json.dumps(doc, separators=(",", ":")), ex=ttl)
         pipe.zadd(self.replicas_key, {self.replica: now})
         pipe.zremrangebyscore(self.replicas_key, "-inf", now - self.horizon)
@@ -123,6 +136,32 @@ class MetricsView:
             pipe.hset(self._history_key(self.replica),
                       mapping={k: json.dumps(v, separators=(",", ":")) for k, v in new.items()})
         pipe.expire(self._history_key(self.replica), ttl)
+
+    def _stage_clients(self, pipe: Any, doc: dict[str, Any], ttl: int) -> None:
+        """Each client's current interval in ``doc``; its closed ones not yet written, in
+        ``{prefix}client-history:{name}`` (one field per interval start: name -> counters)."""
+        assert self.usage is not None
+        clients = self.usage.raw()
+        doc["clients"] = {name: {"start": c["start"], "current": c["current"]}
+                          for name, c in clients.items()}
+        with self._lock:
+            newest = self._clients_newest
+        closed: dict[str, dict[str, Any]] = defaultdict(dict)
+        for name, c in clients.items():
+            for entry in reversed(c["history"]):
+                start = _start_of(entry)
+                if start <= newest:
+                    break
+                closed[_field(start)][name] = entry["collectedMetrics"]
+        with self._lock:
+            new = {k: v for k, v in closed.items() if k not in self._clients_written}
+            self._clients_written.update(new)
+            self._clients_newest = max([self._clients_newest, *(float(k) for k in new)])
+        key = self._client_history_key(self.replica)
+        if new:
+            pipe.hset(key, mapping={k: json.dumps(v, separators=(",", ":"))
+                                    for k, v in new.items()})
+        pipe.expire(key, ttl)
 
     # --- the cluster's view ----------------------------------------------------------------
     def read(self, client: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -133,12 +172,16 @@ class MetricsView:
         for name in names:
             pipe.get(self._doc_key(name))
             pipe.hgetall(self._history_key(name))
+            pipe.hgetall(self._client_history_key(name))
         answers = pipe.execute()
         docs, histories = [], []
-        for doc, history in zip(answers[::2], answers[1::2], strict=True):
+        for doc, history, clients in zip(answers[::3], answers[1::3], answers[2::3],
+                                         strict=True):
             if doc is None:
                 continue
-            docs.append(json.loads(doc))
+            doc = json.loads(doc)
+            doc["clientHistory"] = {float(k): json.loads(v) for k, v in (clients or {}).items()}
+            docs.append(doc)
             histories.append({float(k): json.loads(v) for k, v in (history or {}).items()})
         return docs, histories
 
@@ -190,6 +233,7 @@ class MetricsView:
         for key in order:
             if key[0] != DEFAULT_POOL:
                 pools.setdefault(key[0], []).append(render(key, True))
+        clients = self._client_sums(docs, current_start)
         served = sum(d["successApiCalls"] for d in docs)
         unserved = sum(d["failedApiCalls"] for d in docs)
         return {
@@ -203,4 +247,34 @@ class MetricsView:
                           "configVersion": d["configVersion"]}
                          for d in sorted(docs, key=lambda d: d["name"])],
             "currentIntervalStart": iso_time(current_start),
+            **({"clientMetrics": clients} if clients is not None else {}),
         }
+
+    def _client_sums(self, docs: list[dict[str, Any]], current_start: float
+                     ) -> dict[str, Any] | None:
+        """clientMetrics summed over the replicas (None when none counts clients); the
+        current intervals as for the endpoints (a late one is a closed interval)."""
+        if self.usage is None and not any("clients" in d for d in docs):
+            return None
+        current: dict[str, ClientCounters] = defaultdict(ClientCounters)
+        history: dict[str, dict[float, ClientCounters]] = defaultdict(dict)
+        for doc in docs:
+            closed = doc.get("clientHistory", {})
+            for start, figures in closed.items():
+                for name, counters in figures.items():
+                    history[name].setdefault(start, ClientCounters()).add(
+                        ClientCounters.from_json(counters))
+            for name, c in doc.get("clients", {}).items():
+                counters = ClientCounters.from_json(c["current"])
+                if c["start"] >= current_start - 1e-6:
+                    current[name].add(counters)
+                elif c["start"] not in closed:
+                    history[name].setdefault(c["start"], ClientCounters()).add(counters)
+        out = {}
+        for name in sorted({*current, *history}):
+            starts = sorted(history[name])[-self.history_size:]
+            out[name] = {**current[name].as_json(), "history": {
+                str(i): {"collectionTime": iso_time(t),
+                         "collectedMetrics": history[name][t].as_json()}
+                for i, t in enumerate(starts)}}
+        return out

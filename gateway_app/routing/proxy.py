@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import urllib3
@@ -34,6 +34,9 @@ from .retry_after import retry_after_seconds, whole_seconds
 from .sse import EventSplitter, Usage, is_usage_only, usage_of
 from .telemetry import Telemetry, status_class
 from .transport import BackendReply
+
+if TYPE_CHECKING:
+    from ..usage import Ticket
 
 log = logging.getLogger("apirouter.call")
 
@@ -66,6 +69,7 @@ class Call:
     content_type: str | None = None  # a body that is not JSON is passed on with its type
     cost: int = 0  # Azure's admission estimate in tokens (routing/cost.py); 0 when not JSON
     started: float = field(default_factory=time.monotonic)
+    ticket: Ticket | None = None  # its client's usage count (usage.py), settled by the answer
 
     @property
     def stream(self) -> bool:
@@ -304,6 +308,8 @@ class Proxy:
         (another deployment would send the same answer, so there is no failover)."""
         entry = lease.entry
         lease.failed()
+        if call.ticket is not None:  # the deployment did the work: the estimate stands
+            call.ticket.settle(None)
         self.telemetry.refused(entry, "error", "failed")
         attempts.append(Attempt(entry.priority, error="ResponseTooLarge"))
         limit = self.settings.max_response_bytes
@@ -320,6 +326,8 @@ class Proxy:
         """An answer was relayed: count it, time it, log it."""
         seconds = time.monotonic() - started
         lease.succeeded(seconds * 1000, usage)
+        if call.ticket is not None:
+            call.ticket.settle(usage)
         self.telemetry.answered(lease.entry, status, seconds, usage, ttft)
         log_call(call, attempts, status, seconds, entry=lease.entry, usage=usage, ttft=ttft,
                  stream=stream)
@@ -328,6 +336,8 @@ class Proxy:
                started: float, usage: Usage | None, ttft: float | None) -> None:
         """A stream broke after its first byte: too late to fail over, but a fault."""
         lease.failed()
+        if call.ticket is not None:  # the tokens it streamed were spent
+            call.ticket.settle(usage)
         self.telemetry.refused(lease.entry, "stream_broken", "failed")
         log_call(call, attempts, status, time.monotonic() - started, entry=lease.entry,
                  usage=usage, ttft=ttft, stream=StreamEnd.BROKEN)
@@ -341,6 +351,8 @@ class Proxy:
     def _unavailable(self, call: Call, attempts: Attempts,
                      entries: Sequence[PoolEntry]) -> ClientAnswer:
         """Every backend is cooling down or failed: 429 or 503 with when to come back."""
+        if call.ticket is not None:  # nothing was served: the client's tokens are given back
+            call.ticket.settle(None, served=False)
         busy = self.registry.busy(entries)
         wait = busy.retry_after or self.settings.failure_cooldown
         throttled = busy.throttled or attempts.throttled

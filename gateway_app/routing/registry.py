@@ -42,6 +42,7 @@ import urllib3
 
 from ..config import EndpointConfig, GatewayConfig
 from ..keys import ClientKeys
+from ..usage import ClientLimits
 from .headroom import Headroom
 from .metrics import EndpointMetrics, metrics_json
 from .sse import Usage
@@ -142,6 +143,8 @@ class Snapshot:
     client_keys: ClientKeys
     lb: tuple[PoolEntry, ...]  # the default pool, in priority order
     pools: Mapping[str, tuple[PoolEntry, ...]]  # named pools, each in priority order
+    # client name -> limits, for every name client_keys accepts; published with the keys
+    client_limits: Mapping[str, ClientLimits] = field(default_factory=dict)
 
     def entries(self) -> list[PoolEntry]:
         return [*self.lb, *(e for entries in self.pools.values() for e in entries)]
@@ -281,8 +284,10 @@ class Registry:
         self.interval_start: Callable[[float], float] = lambda moment: moment
 
     # --- configuration ---------------------------------------------------------------------
-    def publish(self, config: GatewayConfig, client_keys: ClientKeys) -> Snapshot:
-        """Build the pools of ``config`` and publish them with the keys, in one step.
+    def publish(self, config: GatewayConfig, client_keys: ClientKeys,
+                client_limits: Mapping[str, ClientLimits] | None = None) -> Snapshot:
+        """Build the pools of ``config`` and publish them with the keys and each client's
+        limits, in one step.
 
         An entry listed again (same pool and URL) keeps its object, so its metrics go on and
         its new key, order and timeout reach calls holding the old snapshot too. A backend
@@ -324,7 +329,8 @@ class Registry:
                 backend.retired = True
                 if backend.in_flight == 0:
                     idle.append(backend)
-            self.current = Snapshot(config, client_keys, lb, MappingProxyType(pools))
+            self.current = Snapshot(config, client_keys, lb, MappingProxyType(pools),
+                                    MappingProxyType(dict(client_limits or {})))
             self._backends = backends
             snapshot = self.current
         for backend in idle:

@@ -14,6 +14,7 @@ import threading
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -26,6 +27,9 @@ from prometheus_client.registry import Collector
 
 from .registry import PoolEntry, Registry, endpoint_label
 from .sse import Usage
+
+if TYPE_CHECKING:
+    from ..usage import ClientUsage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # model answers take from tens of milliseconds (embeddings) to minutes (long completions)
@@ -181,3 +185,30 @@ class _CallCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self.telemetry.families()
+
+
+class ClientUsageCollector(Collector):
+    """Each client's calls and tokens since the start, by client name (never a key)."""
+
+    def __init__(self, usage: ClientUsage) -> None:
+        self.usage = usage
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.usage.totals()
+        if not totals:
+            return
+        calls = CounterMetricFamily("apirouter_client_requests",
+                                    "Calls of a client: admitted and forwarded, refused 429 by "
+                                    "its tpm or rpm (rate_limited), refused 403 by its quota or "
+                                    "deployments, or 400 as larger than its whole tpm (refused)",
+                                    labels=["client", "outcome"])
+        tokens = CounterMetricFamily("apirouter_client_tokens",
+                                     "Tokens of a client's answers, from their usage",
+                                     labels=["client", "kind"])
+        for name, c in totals.items():
+            calls.add_metric([name, "admitted"], c.calls)
+            calls.add_metric([name, "rate_limited"], c.rate_limited)
+            calls.add_metric([name, "refused"], c.refused)
+            tokens.add_metric([name, "prompt"], c.prompt_tokens)
+            tokens.add_metric([name, "completion"], c.completion_tokens)
+        yield from (calls, tokens)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask import Response, jsonify, request
+from flask import Response, g, jsonify, request
 
 from ..errors import json_error
 from ..routing.proxy import Call
 from ..routing.registry import PoolEntry, Registry
+from ..usage import NO_LIMITS
 from .blueprint import sdk
-from .routes import client_gone, gateway, read_call, relay
+from .routes import client_gone, gateway, limit_client, read_call, relay
 
 V1_OPERATIONS = {"chat/completions", "completions", "embeddings"}
 
@@ -43,6 +44,9 @@ def azure_deployment(name: str, operation: str) -> Response:
     call = read_call(json_only=False)
     if isinstance(call, Response):
         return call
+    refused = limit_client(call, name)
+    if refused is not None:
+        return refused
     query = request.query_string.decode("latin-1")
     return _forward(call, entries, f"/{quote(operation)}" + (f"?{query}" if query else ""))
 
@@ -62,14 +66,20 @@ def openai_v1(operation: str) -> Response:
     pool, entries = current.config.pools.get(name), current.pools.get(name)
     if pool is None or entries is None:
         return _unknown(name)
+    refused = limit_client(call, name)
+    if refused is not None:
+        return refused
     return _forward(call, entries, f"/{operation}?api-version={pool.api_version}")
 
 
 @sdk.get("/v1/models")
 def openai_models() -> Response:
-    """The pools, as the models an OpenAI client may name."""
+    """The pools, as the models an OpenAI client may name (those its ``deployments`` list,
+    when it has such a limit)."""
+    current = gateway().current
+    limits = current.client_limits.get(g.get("client") or "", NO_LIMITS)
     created = int(gateway().started_at)
     return jsonify({"object": "list",
                     "data": [{"id": name, "object": "model", "created": created,
                               "owned_by": "apirouter"}
-                             for name in sorted(gateway().current.pools)]})
+                             for name in sorted(current.pools) if limits.allows(name)]})

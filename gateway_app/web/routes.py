@@ -16,16 +16,21 @@ from ..errors import json_error
 from ..gateway import Gateway
 from ..json_depth import MAX_JSON_DEPTH, nests_deeper
 from ..keys import same_secret
+from ..logs import log_fields
 from ..routing.cost import estimate_cost
 from ..routing.headers import REQUEST_ID_KEY, forwarded_headers, request_id
+from ..routing.metrics import iso_time
 from ..routing.proxy import Call, ClientAnswer
+from ..routing.registry import DEFAULT_POOL
 from ..routing.retry_after import whole_seconds
 from ..routing.telemetry import CONTENT_TYPE
+from ..usage import NO_LIMITS, Refusal, Ticket
 from .admin import admin_route, admit, is_admin
 from .auth import is_open, open_route, presented_key
 from .blueprint import api
 
 log = logging.getLogger("apirouter")
+CALL_LOG = logging.getLogger("apirouter.call")  # the proxy's one line per call
 
 GATEWAY_KEY_HEADER = "x-api-gateway-key"
 
@@ -83,6 +88,44 @@ def read_call(json_only: bool = True) -> Call | Response:
                 client=g.get("client"), cost=estimate_cost(payload))
 
 
+def limit_client(call: Call, pool: str) -> Response | None:
+    """Count ``call`` against its client's limits for ``pool`` (registry.DEFAULT_POOL for /lb):
+    None when admitted (``call.ticket`` is then settled by the proxy), else the refusal. Calls
+    without a client (no keys configured) pass at the cost of this one check."""
+    name = call.client
+    if name is None:
+        return None
+    gw = gateway()
+    verdict = gw.usage.admit(name, gw.current.client_limits.get(name, NO_LIMITS), pool,
+                             call.cost)
+    if isinstance(verdict, Ticket):
+        call.ticket = verdict
+        return None
+    if CALL_LOG.isEnabledFor(logging.INFO):
+        log_fields(CALL_LOG, logging.INFO, "call refused by client limit",
+                   {"request_id": call.request_id, "client": name, "pool": pool,
+                    "limit": verdict.limit, "status": verdict.status,
+                    "estimated_tokens": call.cost})
+    return _refusal(verdict, call.request_id)
+
+
+REFUSAL_CODES = {"tpm": "ClientRateLimited", "rpm": "ClientRateLimited",
+                 "tokenQuota": "ClientQuotaExceeded", "deployments": "DeploymentNotAllowed"}
+
+
+def _refusal(refusal: Refusal, rid: str) -> Response:
+    """A client's limit refused a call: 429 (tpm, rpm) or 403 (quota, pool), never forwarded."""
+    headers = [("x-client-limit", refusal.limit), ("x-request-id", rid)]
+    if refusal.retry_after is not None:
+        wait = max(refusal.retry_after, 0.001)
+        headers += [("retry-after", str(whole_seconds(wait))),
+                    ("retry-after-ms", str(max(1, round(wait * 1000))))]
+    if refusal.period_end is not None:
+        headers.append(("x-quota-period-end", iso_time(refusal.period_end)))
+    code = REFUSAL_CODES[refusal.limit] if refusal.status != 400 else "ClientCallTooLarge"
+    return json_error(refusal.status, code, refusal.message, headers)
+
+
 def _too_deep() -> Response:
     return json_error(400, "InvalidRequest", "The request body is nested too deeply: arrays and "
                       f"objects more than {MAX_JSON_DEPTH} levels deep.")
@@ -107,6 +150,9 @@ def load_balance() -> Response:
     call = read_call()
     if isinstance(call, Response):
         return call
+    refused = limit_client(call, DEFAULT_POOL)
+    if refused is not None:
+        return refused
     return relay(gw.proxy.forward(call, entries, client_gone=client_gone()))
 
 
