@@ -259,6 +259,11 @@ class Settings:
     # 0: never rotate.
     metrics_history_file_max_bytes: int = var("API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES",
                                               _number(0, integer=True), 64 * MIB)
+    # seconds of one bucket of the per-minute figures each interval records (perMinute):
+    # Azure's quotas and PTUs are per minute, hence 60. Shorter only to record traffic against
+    # a simulator whose window_seconds is shorter (tests), so a replay can use the same length.
+    metrics_minute_seconds: float = var("API_GATEWAY_METRICS_MINUTE_SECONDS",
+                                        _number(0.1, 3600.0), 60.0)
 
     # --- optional, new: staying up under overload ---
     # A second listener, on the same host, with its own threads, serving only the probes,
