@@ -39,6 +39,7 @@ class Minute:
     unmet_calls: int = 0
     unmet_tokens: int = 0  # estimated (Call.cost)
     demand_tokens: int = 0  # estimated, served and unmet: what Azure's admission counts
+    demand_calls: int = 0
 
     @property
     def served(self) -> int:
@@ -58,7 +59,7 @@ class MinuteSeries:
         return 60.0 / self.seconds
 
 
-def minute_series(intervals: Iterable[Any], seconds: float | None = None) -> MinuteSeries | None:
+def minute_series(intervals: Iterable[Any]) -> MinuteSeries | None:
     """The buckets of ``intervals`` (report.Interval), summed by bucket; None when any interval
     has no per-minute figures (a gateway that did not record them) or they mix lengths.
 
@@ -71,7 +72,7 @@ def minute_series(intervals: Iterable[Any], seconds: float | None = None) -> Min
     lengths = {i.minute_seconds for i in intervals}
     if len(lengths) > 1:
         return None
-    seconds = seconds or lengths.pop()
+    seconds = lengths.pop()
     buckets: dict[int, Minute] = {}
     for i in intervals:
         start = i.start.timestamp()
@@ -81,11 +82,12 @@ def minute_series(intervals: Iterable[Any], seconds: float | None = None) -> Min
             buckets.setdefault(index, Minute(index * seconds))
         for index, figures in i.per_minute:
             m = buckets.setdefault(index, Minute(index * seconds))
-            calls, _failed, prompt, completion, _dc, demand, unmet_calls, unmet = figures
+            calls, _failed, prompt, completion, demand_calls, demand, unmet_calls, unmet = figures
             m.calls += calls
             m.prompt += prompt
             m.completion += completion
             m.demand_tokens += demand
+            m.demand_calls += demand_calls
             m.unmet_calls += unmet_calls
             m.unmet_tokens += unmet
     return MinuteSeries(seconds, [buckets[k] for k in sorted(buckets)])
