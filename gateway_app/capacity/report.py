@@ -358,8 +358,15 @@ def _camel(record: Any) -> dict[str, Any]:
 
 
 ASSUMPTIONS = [
-    "TPM of an interval = kTokensPerWindow * 1000 / interval minutes, counting the tokens of "
-    "calls the endpoints answered; demand that was throttled everywhere is not in it.",
+    "TPM counts the tokens of calls the endpoints answered. With per-minute history "
+    "(tpmBasis 'minute'), p95 and peak are over minute buckets, idle minutes as 0; else "
+    "(older history) TPM of an interval = kTokensPerWindow * 1000 / interval minutes.",
+    "Unmet demand: calls the gateway answered 429/503 itself (every backend busy), counted "
+    "by Azure's admission estimate (prompt characters / 4 + max_tokens); reported apart "
+    "(unmet*, demandTpm*) and added to the coverage curve's demand.",
+    "Coverage: N PTUs serve a minute fully when its demand, output tokens weighed by the "
+    "model's throughput ratio, fits N x TPM per PTU; the excess spills to pay-as-you-go. "
+    "Monthly figures scale the observed minutes to 730 hours.",
     "Output tokens weigh the model's throughput ratio in input tokens. Their share is "
     "measured from the endpoints' usage (prompt and completion tokens of each interval), "
     "unless the configuration's capacity.outputShare sets it; history without that split "
