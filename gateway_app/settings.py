@@ -255,7 +255,8 @@ class Settings:
     metrics_history_file: str = var("API_GATEWAY_METRICS_HISTORY_FILE", _optional, "")
     # bytes; past this the history file becomes FILE.1 (replacing the last one) and a new one
     # starts, so an unattended gateway cannot fill its volume. A line is about 0.4 KB per
-    # endpoint and interval: 64 MiB holds about a month of 1-minute intervals for 4 endpoints.
+    # endpoint and interval, plus 0.2 KB per minute that saw calls (perMinute): 64 MiB holds
+    # about two weeks of busy 1-minute intervals for 4 endpoints.
     # 0: never rotate.
     metrics_history_file_max_bytes: int = var("API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES",
                                               _number(0, integer=True), 64 * MIB)

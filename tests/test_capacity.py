@@ -584,7 +584,7 @@ def test_minute_peaks_of_an_hour_interval_with_a_known_burst():
                                                                  60)), Planning())
     row = rows_by_scope(report)["endpoint"][0]
     assert row["tpmBasis"] == "minute"
-    assert row["tpmAvg"] == pytest.approx((59 * 1000 + 60_000) / 60, abs=0.1)  # the interval
+    assert row["tpmAvg"] == pytest.approx((59 * 1000 + 60_000) / 60, abs=0.1)  # the hour: same
     assert (row["tpmPeak"], row["tpmP95"]) == (60_000, 1000)  # not 1,983, the hour's average
     assert row["peakMinute"] == "2026-01-01T00:37:00.000+00:00"
     assert row["rpmPeak"] == 30

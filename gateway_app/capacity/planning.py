@@ -106,13 +106,16 @@ def minute_figures(series: MinuteSeries) -> dict[str, Any]:
     served = [m.served * k for m in series.minutes]
     demand = [(m.served + m.unmet_tokens) * k for m in series.minutes]
     peak = max(range(len(served)), key=served.__getitem__, default=None)
+    calls = [m.calls * k for m in series.minutes]
     return {
         "minuteSeconds": series.seconds,
         "minutes": len(series.minutes),
+        "tpmAvg": round(sum(served) / len(served), 1) if served else 0.0,
+        "rpmAvg": round(sum(calls) / len(calls), 2) if calls else 0.0,
         "tpmP95": round(nearest_rank(served, 0.95), 1),
         "tpmPeak": round(max(served, default=0.0), 1),
         "peakMinute": None if peak is None else _iso(series.minutes[peak].start),
-        "rpmPeak": round(max((m.calls * k for m in series.minutes), default=0.0), 2),
+        "rpmPeak": round(max(calls, default=0.0), 2),
         "unmetCalls": sum(m.unmet_calls for m in series.minutes),
         "unmetTokens": sum(m.unmet_tokens for m in series.minutes),
         "unmetMinutes": sum(1 for m in series.minutes if m.unmet_calls),

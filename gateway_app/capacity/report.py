@@ -260,7 +260,8 @@ def _by_minute(row: Row, raw: list[Interval]) -> Row:
     if series is None:
         return row
     figures = plan.minute_figures(series)
-    return replace(row, tpm_basis="minute", tpm_p95=figures["tpmP95"],
+    return replace(row, tpm_basis="minute", tpm_avg=figures["tpmAvg"],
+                   rpm_avg=figures["rpmAvg"], tpm_p95=figures["tpmP95"],
                    tpm_peak=figures["tpmPeak"], peak_minute=figures["peakMinute"] or "",
                    rpm_peak=figures["rpmPeak"], unmet_calls=figures["unmetCalls"],
                    unmet_tokens=figures["unmetTokens"], unmet_minutes=figures["unmetMinutes"],
@@ -629,8 +630,9 @@ def coverage_lines(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"  per month: all pay-as-you-go {_money(c['payAsYouGoPerMonth'])}; "
                          "recommended " + ", ".join(f"{o} {_money(v)}" for o, v in
                                                     best["costPerMonth"].items())
-                         + f"; cheapest {cheap['ptu']} PTU {cheap['billing']} "
-                           f"{_money(cheap['costPerMonth'])}")
+                         + "; cheapest " + (f"{cheap['ptu']} PTU {cheap['billing']}"
+                                            if cheap["ptu"] else "pay-as-you-go only")
+                         + f" {_money(cheap['costPerMonth'])}")
     if advice.get("priced"):
         lines.append(f"all models per month: pay-as-you-go "
                      f"{_money(advice['payAsYouGoPerMonth'])}, recommended (monthly "
