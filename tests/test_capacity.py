@@ -407,6 +407,10 @@ def test_capacity_route_and_history_file_from_live_traffic(fake, start_gateway, 
     assert {i.endpoint for i in from_file} == {first.uri("gpt-4o-east"), second.uri("primary")}
     assert sum(i.calls for i in from_file) == 5
     assert all(i.instance == "test-gw" and i.minutes == 0.005 for i in from_file)
+    # the per-minute figures are in the file too, beside the original's fields
+    assert all(i.per_minute is not None for i in from_file)
+    assert sum(f[0] for i in from_file for _, f in i.per_minute or ()) == 5
+    assert all("perMinute" in json.loads(line)["collectedMetrics"] for line in lines)
 
 
 def test_capacity_route_uses_the_configuration_section(fake, start_gateway):
@@ -677,3 +681,16 @@ def test_unmet_demand_is_recorded_with_the_calls_estimate(fake, start_gateway):
     assert sum(m["failedCalls"] for m in minutes) == 1
     rows = rows_by_scope(gw.get("capacity").json())
     assert (rows["instance"][0]["unmetCalls"], rows["instance"][0]["unmetTokens"]) == (2, 300)
+
+
+def test_minute_buckets_survive_the_clusters_copies_and_sums():
+    one = IntervalCounters(api_calls=2, tokens=30)
+    one.minutes[100] = [2, 0, 20, 10, 3, 45, 1, 15]
+    other = IntervalCounters.from_dict(json.loads(json.dumps(one.as_dict())))  # via Redis
+    assert other == one
+    other.add(one)
+    assert other.minutes == {100: [4, 0, 40, 20, 6, 90, 2, 30]}
+    entry = other.history_entry(100 * 60.0)
+    assert IntervalCounters.from_entry(entry).minutes == other.minutes
+    assert entry["collectedMetrics"]["perMinute"]["minutes"][0]["start"] == (
+        "1970-01-01T01:40:00.000+00:00")

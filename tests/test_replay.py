@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import requests
 
 from gateway_app.capacity.planning import Minute, MinuteSeries
@@ -130,3 +131,19 @@ def test_replay_predicts_what_the_simulator_did(start_gateway: Callable[..., Any
     assert abs(predicted_429 - actual_429) <= 0.1 * actual_429
     assert abs(predicted["spilledTokens"] - actual["spilledTokens"]) <= (
         0.1 * actual["spilledTokens"])
+
+
+def test_replay_command_refuses_what_it_cannot_play(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--history", "x.jsonl"])  # no mix
+    with pytest.raises(SystemExit):
+        main(["--history", "x.jsonl", "--standard", "lots"])
+    old = tmp_path / "old.jsonl"  # a line of a gateway that recorded no minutes
+    old.write_text(json.dumps({
+        "instanceName": "gw", "intervalMinutes": 1, "endpoint": "e", "priority": 0,
+        "collectionTime": "2026-01-01T00:00:00+00:00",
+        "collectedMetrics": {"noOfApiCalls": 1, "noOfFailedCalls": 0,
+                             "throughput": {"kTokensPerWindow": 0.1},
+                             "latency": {"avgResponseTimeMsec": 5}}}) + "\n")
+    assert main(["--history", str(old), "--ptu", "15"]) == 1
+    assert "no per-minute figures" in capsys.readouterr().err
