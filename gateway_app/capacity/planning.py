@@ -144,9 +144,14 @@ class Split:
         return self.input + self.output * model.output_ratio
 
 
-def splits(series: MinuteSeries, output_share: float) -> list[Split]:
+def splits(series: MinuteSeries, output_share: float, configured: bool = False
+           ) -> list[Split]:
     """Each minute's demand split into input and output: served tokens as the endpoints
-    reported them, unmet tokens (an estimate without a split) by ``output_share``."""
+    reported them, unmet tokens (an estimate without a split) by ``output_share``; all of
+    it by ``output_share`` when it is ``configured`` (sizing for another mix on purpose)."""
+    if configured:
+        return [Split((m.served + m.unmet_tokens) * (1 - output_share),
+                      (m.served + m.unmet_tokens) * output_share) for m in series.minutes]
     return [Split(m.prompt + m.unmet_tokens * (1 - output_share),
                   m.completion + m.unmet_tokens * output_share) for m in series.minutes]
 
@@ -166,7 +171,8 @@ def _payg(split: Split, price: ModelPrice) -> float:
 
 
 def coverage(series: MinuteSeries, model: ModelThroughput, price: ModelPrice | None,
-             output_share: float, target: float = DEFAULT_TARGET) -> dict[str, Any]:
+             output_share: float, target: float = DEFAULT_TARGET,
+             configured: bool = False) -> dict[str, Any]:
     """The coverage curve of one model, its recommendation, and monthly costs.
 
     One point per PTU count from the model's minimum to what the peak minute needs, in the
@@ -175,7 +181,7 @@ def coverage(series: MinuteSeries, model: ModelThroughput, price: ModelPrice | N
     smallest count whose share reaches ``target``; the cheapest mix is the count and billing
     option with the lowest PTU plus spillover cost (zero PTUs, all pay-as-you-go, included).
     """
-    demand = splits(series, output_share)
+    demand = splits(series, output_share, configured)
     minutes = len(demand)
     scale = MINUTES_PER_MONTH / (minutes * series.seconds / 60) if minutes else 0.0
     per_minute = series.per_minute

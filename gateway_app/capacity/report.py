@@ -483,7 +483,8 @@ def _coverage(members: list[Interval], row: Row, planning: Planning
     if series is None or not series.minutes:
         return None
     return plan.coverage(series, planning.table[row.model], planning.prices.get(row.model),
-                         row.output_share, planning.target)
+                         row.output_share, planning.target,
+                         configured=planning.output_share is not None)
 
 
 def _recommendation(coverage: Mapping[str, Any], target: float) -> dict[str, Any]:
