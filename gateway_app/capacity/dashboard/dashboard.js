@@ -325,7 +325,7 @@
     const length = demand.minuteSeconds * 1000;
     const from = starts[0], to = starts[starts.length - 1] + length;
     const top = Math.max(1, ...served.map((v, i) => v + unmet[i]));
-    const yTicks = numberTicks(0, top, 4);
+    const yTicks = numberTicks(0, top, 5);
     const yTop = Math.max(top, yTicks[yTicks.length - 1]);
     const title = demand.minuteSeconds === 60
       ? "Tokens per minute, whole instance: served vs unmet"
@@ -358,7 +358,7 @@
   function coverageChart(model, c) {
     const xs = c.curve.map((p) => p.ptu);
     const from = xs[0], to = Math.max(xs[xs.length - 1], from + c.increment);
-    const title = `${model}: share of minutes fully served, by PTUs (${c.minutes} minutes)`;
+    const title = `${model}: share of minutes fully served, by PTUs (${plural(c.minutes, "minute")})`;
     const { root, x, y } = frame(title, from, to, 100, [0, 25, 50, 75, 100], (v) => `${v}%`,
                                  ["minutes served fully"]);
     for (const v of numberTicks(from, to, 8)) {
@@ -371,19 +371,24 @@
                          "PTUs"));
     root.appendChild(svg("line", { x1: L2, x2: W2 - R2, y1: y(c.target * 100),
                                    y2: y(c.target * 100), class: "target" }));
-    root.appendChild(svg("text", { x: L2 + 4, y: y(c.target * 100) - 3, class: "axis" },
+    // under the line at the left, clear of a first point at 100% and of the top labels
+    root.appendChild(svg("text", { x: L2 + 10, y: y(c.target * 100) + 11, class: "axis" },
                          `target ${(c.target * 100).toFixed(0)}% of minutes`));
     root.appendChild(path(c.curve.map((p) => [x(p.ptu), y(p.minutesServedShare * 100)]), 0));
     const best = c.recommended;
     const bx = x(best.ptu), by = y(best.minutesServedShare * 100);
     root.appendChild(svg("circle", { cx: bx, cy: by, r: 4, class: "recommended" }));
-    // below the point, on the side away from the plot's edge: the curve rises to the right
+    // beside the point, on the side away from the plot's edge: the curve rises to the right,
+    // so left of a point on the right it runs below the label
     const right = bx > (L2 + W2 - R2) / 2;
-    root.appendChild(svg("text", { x: right ? bx - 8 : bx + 8, y: Math.min(by + 22, H2 - B2 - 4),
+    root.appendChild(svg("text", { x: right ? bx - 8 : bx + 8,
+                                   y: right ? by + 4 : Math.min(by + 22, H2 - B2 - 4),
                                    class: "mark", "text-anchor": right ? "end" : "start" },
                          `recommended: ${best.ptu} PTU`));
     return root;
   }
+
+  function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
   function money(v) {
     return v === null || v === undefined ? "no price"
@@ -399,7 +404,7 @@
       charts.push(coverageChart(model, c));
       const best = c.recommended;
       let text = `${model}: ${best.ptu} PTU serve ${(best.minutesServedShare * 100).toFixed(1)}% ` +
-        `of the ${c.minutes} minutes fully (target ${(c.target * 100).toFixed(0)}%); ` +
+        `of the ${plural(c.minutes, "minute")} fully (target ${(c.target * 100).toFixed(0)}%); ` +
         `${formatNumber(best.spillTokensPerMonth)} tokens a month would spill to pay-as-you-go.`;
       if (c.cheapest) {
         text += ` Per month: all pay-as-you-go ${money(c.payAsYouGoPerMonth)}; recommended ` +
