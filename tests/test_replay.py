@@ -1,8 +1,8 @@
 """The what-if replay: a hand-computed example, and its accuracy against the simulator.
 
 The accuracy test records bursts through a real gateway in front of the simulator configured
-as a mix (a "provisioned" deployment, then two standard ones), with a 1 s window and the
-gateway's minute buckets of 1 s, then replays the recording against the same mix and compares
+as a mix (a "provisioned" deployment, then two standard ones), with a 0.75 s window and the
+gateway's minute buckets of 0.75 s, then replays the recording against the same mix and compares
 what it predicts with what the simulator did (429s seen by the gateway, tokens served by the
 standard deployments).
 """
@@ -52,7 +52,7 @@ def test_replay_on_a_hand_computed_example():
                                       "yearlyReservation": 291.4}
 
 
-WINDOW = 1.0  # the simulator's window and the gateway's minute bucket, in seconds
+WINDOW = 0.75  # the simulator's window and the gateway's minute bucket, in seconds
 # calls of 80, 100 and 140 tokens (200 characters / 4 + max_tokens), in turn: the replay takes
 # a minute's calls as equal, so mixed sizes are part of what its error measures
 SIZES = (30, 50, 90)
@@ -63,7 +63,7 @@ SIM = {"deployments": [
     {"name": "std1", "apikey": "k1", "tpm": 1000},
     {"name": "std2", "apikey": "k2", "tpm": 2000},
 ]}
-BURSTS = [8, 14, 22, 35, 12, 28, 40, 18]
+BURSTS = [8, 14, 22, 35, 12, 28, 40, 18, 30, 10, 25, 38]
 
 
 def send_burst(url: str, calls: int) -> None:
