@@ -594,6 +594,8 @@ def test_minute_peaks_of_an_hour_interval_with_a_known_burst():
     assert row["rpmPeak"] == 30
     assert (row["unmetCalls"], row["unmetTokens"], row["unmetMinutes"]) == (4, 20_000, 1)
     assert row["demandTpmPeak"] == 80_000
+    assert ("unmet (the gateway's own 429/503, every backend busy) 4 calls, 20,000 estimated "
+            "tokens, in 1 minutes; served + unmet peak 80,000 TPM") in format_table(report)
     # the PTUs follow the minute peak: 60,000 / 2,500 = 24 -> 25 deployable
     assert (row["ptuPeakNeeded"], row["ptuPeak"]) == (24.0, 25)
     served = {m["start"]: m for m in report["minuteDemand"]["minutes"]}

@@ -615,7 +615,11 @@ def coverage_lines(report: Mapping[str, Any]) -> list[str]:
     coverage, advice = report.get("coverage") or {}, report.get("recommendation") or {}
     if not coverage:
         return ["coverage: not available (no interval recorded per-minute figures)"]
-    lines = []
+    total = report["rows"][-1]
+    lines = [f"demand per minute: served peak {total['tpmPeak']:,.0f} TPM; unmet (the "
+             f"gateway's own 429/503, every backend busy) {total['unmetCalls']} calls, "
+             f"{total['unmetTokens']:,} estimated tokens, in {total['unmetMinutes']} minutes; "
+             f"served + unmet peak {total['demandTpmPeak']:,.0f} TPM"]
     for model, c in coverage.items():
         lines.append(f"coverage of {model} over {c['minutes']} minutes "
                      f"(buckets of {c['minuteSeconds']:g} s; share of minutes fully served, "
