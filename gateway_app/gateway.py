@@ -68,7 +68,8 @@ class Gateway:
                                  failure_cooldown_max=settings.failure_cooldown_max,
                                  connect_timeout=settings.connect_timeout,
                                  read_timeout=settings.read_timeout,
-                                 headroom_seconds=settings.headroom_seconds)
+                                 headroom_seconds=settings.headroom_seconds,
+                                 minute_seconds=settings.metrics_minute_seconds)
         shared = bool(settings.redis_url)
         if shared:  # replicas' intervals must cover the same time to be added up
             self.registry.interval_start = aligned_start(settings.metrics_interval_seconds)

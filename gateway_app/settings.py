@@ -255,10 +255,16 @@ class Settings:
     metrics_history_file: str = var("API_GATEWAY_METRICS_HISTORY_FILE", _optional, "")
     # bytes; past this the history file becomes FILE.1 (replacing the last one) and a new one
     # starts, so an unattended gateway cannot fill its volume. A line is about 0.4 KB per
-    # endpoint and interval: 64 MiB holds about a month of 1-minute intervals for 4 endpoints.
+    # endpoint and interval, plus 0.2 KB per minute that saw calls (perMinute): 64 MiB holds
+    # about two weeks of busy 1-minute intervals for 4 endpoints.
     # 0: never rotate.
     metrics_history_file_max_bytes: int = var("API_GATEWAY_METRICS_HISTORY_FILE_MAX_BYTES",
                                               _number(0, integer=True), 64 * MIB)
+    # seconds of one bucket of the per-minute figures each interval records (perMinute):
+    # Azure's quotas and PTUs are per minute, hence 60. Shorter only to record traffic against
+    # a simulator whose window_seconds is shorter (tests), so a replay can use the same length.
+    metrics_minute_seconds: float = var("API_GATEWAY_METRICS_MINUTE_SECONDS",
+                                        _number(0.1, 3600.0), 60.0)
 
     # --- optional, new: staying up under overload ---
     # A second listener, on the same host, with its own threads, serving only the probes,

@@ -6,7 +6,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/install-ci-tools.sh [--chart] [--container] [--redis] [--help]
+Usage: scripts/install-ci-tools.sh [--chart] [--container] [--redis] [--monitoring] [--help]
 
 Installs the checking tools into $APIROUTER_CI_DIR (default /var/cache/apirouter-ci):
 
@@ -20,8 +20,10 @@ Installs the checking tools into $APIROUTER_CI_DIR (default /var/cache/apirouter
                storage, a stand-in for it built from Debian's packages (no registry needed).
   --redis      redis-server (Debian package), which the shared-state tests start on a free
                loopback port themselves (tests/cluster_parts.py).
+  --monitoring prometheus (Debian package), for its promtool: the tests check the alerting
+               rules with it (tests/test_monitoring.py); its service is not needed.
 
-With no option, all three are installed. The Debian packages need root (apt-get).
+With no option, all four are installed. The Debian packages need root (apt-get).
 Environment: APIROUTER_CI_DIR, PYTHON (interpreter for the virtualenv, default python3).
 EOF
 }
@@ -29,20 +31,23 @@ EOF
 want_chart=0
 want_container=0
 want_redis=0
+want_monitoring=0
 while (($#)); do
     case "$1" in
         --chart) want_chart=1 ;;
         --container) want_container=1 ;;
         --redis) want_redis=1 ;;
+        --monitoring) want_monitoring=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install-ci-tools: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-if ((!want_chart && !want_container && !want_redis)); then
+if ((!want_chart && !want_container && !want_redis && !want_monitoring)); then
     want_chart=1
     want_container=1
     want_redis=1
+    want_monitoring=1
 fi
 
 CI_DIR="${APIROUTER_CI_DIR:-/var/cache/apirouter-ci}"
@@ -72,6 +77,8 @@ typing_extensions==4.16.0"
 APT_PACKAGES=(podman runc mmdebstrap)
 # The tests run it themselves, without persistence; the package's own service is not needed.
 REDIS_PACKAGES=(redis-server)
+# promtool ships in Debian's prometheus package; the tests run only promtool.
+MONITORING_PACKAGES=(prometheus)
 # The stand-in base image: Debian bookworm's Python 3.11, pip and venv, like python:3.11-slim.
 BASE_IMAGE="docker.io/library/python:3.11-slim"
 BASE_SUITE="bookworm"
@@ -216,5 +223,8 @@ if ((want_container)); then
 fi
 if ((want_redis)); then
     apt_install "${REDIS_PACKAGES[@]}"
+fi
+if ((want_monitoring)); then
+    apt_install "${MONITORING_PACKAGES[@]}"
 fi
 log "ready in $CI_DIR"

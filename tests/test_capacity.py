@@ -386,8 +386,11 @@ def test_capacity_route_and_history_file_from_live_traffic(fake, start_gateway, 
     assert (east["model"], east["failedCalls"], east["calls"]) == ("gpt-4o", 1, 0)
     assert (primary["model"], primary["modelSource"]) == ("default", "default")
     assert (primary["calls"], primary["tokens"]) == (5, 3000)
-    # 600 tokens a call, in 0.3 s intervals: TPM = tokens / 0.005 min, 120,000 per call
-    assert primary["tpmPeak"] >= 120_000 and primary["tpmPeak"] % 120_000 == 0
+    # 600 tokens a call, in 0.3 s intervals: peaks are over minute buckets all the same, so
+    # the five calls weigh 3,000 tokens per minute (less if a minute began among them)
+    assert primary["tpmBasis"] == "minute"
+    assert 0 < primary["tpmPeak"] <= 3000 and primary["tpmPeak"] % 600 == 0
+    assert rows["instance"][0]["unmetCalls"] == 0
     assert primary["ptuPeak"] >= 15
     assert report["intervalMinutes"] == 0.005 and report["instanceName"] == "test-gw"
     # the output share comes from the calls' usage: 10 completion tokens of 600
@@ -404,6 +407,10 @@ def test_capacity_route_and_history_file_from_live_traffic(fake, start_gateway, 
     assert {i.endpoint for i in from_file} == {first.uri("gpt-4o-east"), second.uri("primary")}
     assert sum(i.calls for i in from_file) == 5
     assert all(i.instance == "test-gw" and i.minutes == 0.005 for i in from_file)
+    # the per-minute figures are in the file too, beside the original's fields
+    assert all(i.per_minute is not None for i in from_file)
+    assert sum(f[0] for i in from_file for _, f in i.per_minute or ()) == 5
+    assert all("perMinute" in json.loads(line)["collectedMetrics"] for line in lines)
 
 
 def test_capacity_route_uses_the_configuration_section(fake, start_gateway):
@@ -547,3 +554,145 @@ def test_capacity_report_includes_deployment_pools(fake, start_gateway):
     assert by_deployment["gpt-4o-mini-east"]["pool"] == "gpt-4o-mini"
     assert by_deployment["primary"]["pool"] is None
     assert by_deployment["gpt-4o-mini-east"]["model"] == "gpt-4o-mini"  # from the name
+
+
+# --- minute figures, coverage, cost (issue 21) -----------------------------------------------
+
+def minute_entry(start: float, per_minute: dict[int, tuple[int, int, int, int]],
+                 minutes: float) -> dict[str, Any]:
+    """A history entry of ``minutes`` starting at ``start`` whose minute ``n`` (from the start)
+    saw (calls, prompt tokens, unmet calls, unmet tokens)."""
+    counters = IntervalCounters()
+    for n, (calls, prompt, unmet_calls, unmet) in per_minute.items():
+        counters.api_calls += calls
+        counters.tokens += prompt
+        counters.prompt_tokens += prompt
+        counters.minutes[int(start // 60) + n] = [calls, 0, prompt, 0, calls + unmet_calls,
+                                                  prompt + unmet, unmet_calls, unmet]
+    return counters.history_entry(start)
+
+
+def minute_document(entries: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
+    return {"instanceName": "gw-1", "collectionInterval": minutes, "historyCount": 600,
+            "endpointMetrics": [{"endpoint": AZURE.format("gpt-4o-a"), "priority": 0,
+                                 "metrics": {"history": {str(n): e
+                                                         for n, e in enumerate(entries)}}}]}
+
+
+def test_minute_peaks_of_an_hour_interval_with_a_known_burst():
+    # one 60-minute interval: 1,000 tokens every minute, but minute 37 had 60,000 served and
+    # 20,000 more the gateway refused (every backend busy)
+    quiet = {n: (1, 1000, 0, 0) for n in range(60)}
+    quiet[37] = (30, 60_000, 4, 20_000)
+    report = build_report(intervals_from_metrics(minute_document([minute_entry(T0, quiet, 60)],
+                                                                 60)), Planning())
+    row = rows_by_scope(report)["endpoint"][0]
+    assert row["tpmBasis"] == "minute"
+    assert row["tpmAvg"] == pytest.approx((59 * 1000 + 60_000) / 60, abs=0.1)  # the hour: same
+    assert (row["tpmPeak"], row["tpmP95"]) == (60_000, 1000)  # not 1,983, the hour's average
+    assert row["peakMinute"] == "2026-01-01T00:37:00.000+00:00"
+    assert row["rpmPeak"] == 30
+    assert (row["unmetCalls"], row["unmetTokens"], row["unmetMinutes"]) == (4, 20_000, 1)
+    assert row["demandTpmPeak"] == 80_000
+    assert ("unmet (the gateway's own 429/503, every backend busy) 4 calls, 20,000 estimated "
+            "tokens, in 1 minutes; served + unmet peak 80,000 TPM") in format_table(report)
+    # the PTUs follow the minute peak: 60,000 / 2,500 = 24 -> 25 deployable
+    assert (row["ptuPeakNeeded"], row["ptuPeak"]) == (24.0, 25)
+    served = {m["start"]: m for m in report["minuteDemand"]["minutes"]}
+    assert len(served) == 60
+    assert (served["2026-01-01T00:37:00.000+00:00"]["servedTokens"],
+            served["2026-01-01T00:37:00.000+00:00"]["unmetTokens"]) == (60_000, 20_000)
+
+
+def test_minute_peaks_add_up_intervals_that_share_a_minute():
+    # 0.5-minute intervals: two of them fill one minute bucket
+    first = minute_entry(T0, {0: (1, 700, 0, 0)}, 0.5)
+    second = minute_entry(T0 + 30, {0: (1, 500, 0, 0)}, 0.5)
+    row = rows_by_scope(build_report(intervals_from_metrics(
+        minute_document([first, second], 0.5)), Planning()))["endpoint"][0]
+    assert (row["tpmBasis"], row["tpmPeak"]) == ("minute", 1200)
+
+
+HAND = {"models": {"test": {"tpmPerPtu": 1000, "minPtu": 1, "ptuIncrement": 1,
+                            "outputRatio": 1}},
+        "endpointModels": {"gpt-4o-a": "test"},
+        "prices": {"test": {"ptuHourly": 1, "ptuMonthly": 200, "ptuYearly": 150,
+                            "inputPer1k": 0.01, "outputPer1k": 0.03}}}
+
+
+def test_coverage_and_cost_on_a_hand_computed_example():
+    # four minutes of 1,000, 1,000, 2,000 and 4,000 input tokens; 1 PTU serves 1,000 a minute
+    entry = minute_entry(T0, {0: (1, 1000, 0, 0), 1: (1, 1000, 0, 0), 2: (1, 2000, 0, 0),
+                              3: (1, 4000, 0, 0)}, 4)
+    planning = Planning.from_section(HAND)
+    report = build_report(intervals_from_metrics(minute_document([entry], 4)), planning)
+    c = report["coverage"]["test"]
+    # a month is 730 h = 43,800 minutes: 10,950 times the 4 minutes seen
+    assert [(p["ptu"], p["minutesServedShare"], p["spillTokens"], p["spillTokensPerMonth"])
+            for p in c["curve"]] == [(1, 0.5, 4000, 43_800_000), (2, 0.75, 2000, 21_900_000),
+                                     (3, 0.75, 1000, 10_950_000), (4, 1.0, 0, 0)]
+    # 8,000 tokens -> 87.6 M a month at $0.01 per 1,000
+    assert c["payAsYouGoPerMonth"] == 876.0
+    best = c["recommended"]
+    assert best["ptu"] == 4  # 95% of minutes needs the peak here
+    assert best["costPerMonth"] == {"hourly": 2920.0, "monthlyReservation": 800.0,
+                                    "yearlyReservation": 600.0}
+    # yearly: 1 PTU 150 + 438 spilled = 588; 2: 300 + 219 = 519; 3: 450 + 109.5; 4: 600
+    assert c["cheapest"] == {"ptu": 2, "billing": "yearlyReservation", "costPerMonth": 519.0}
+    advice = report["recommendation"]
+    assert (advice["ptu"], advice["payAsYouGoPerMonth"], advice["cheapestPerMonth"]) == (
+        {"test": 4}, 876.0, 519.0)
+    # a lower target settles for fewer PTUs and says what spills
+    lower = build_report(intervals_from_metrics(minute_document([entry], 4)),
+                         Planning.from_section(HAND, target=0.7))
+    assert lower["coverage"]["test"]["recommended"]["ptu"] == 2
+    assert lower["recommendation"]["spillTokensPerMonth"] == 21_900_000
+    text = format_table(report)
+    assert "recommended for 95% of minutes: 4 PTU" in text
+    assert "cheapest 2 PTU yearlyReservation $519" in text
+
+
+def test_prices_are_cited_and_overridable():
+    planning = Planning.from_section({"prices": {"gpt-4o": {"inputPer1k": 0.5}}})
+    assert planning.prices["gpt-4o"].input_per_1k == 0.5
+    assert planning.prices["gpt-4o"].output_per_1k == 0.01  # kept
+    assert Planning().prices["default"] == Planning().prices["gpt-4o"]
+    with pytest.raises(ConfigError):
+        parse_config({"endpoints": [{"uri": AZURE.format("a"), "apikey": "k"}],
+                      "capacity": {"prices": {"gpt-4o": {"inputPer1k": -1}}}}, {})
+    with pytest.raises(ConfigError):
+        parse_config({"endpoints": [{"uri": AZURE.format("a"), "apikey": "k"}],
+                      "capacity": {"targetCoverage": 1.5}}, {})
+
+
+def test_unmet_demand_is_recorded_with_the_calls_estimate(fake, start_gateway):
+    busy = fake(default=throttle("30"))
+    gw = start_gateway([busy.uri("only")], env=FAST)
+    payload = {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 50}
+    assert gw.lb(payload).status_code == 429  # the backend's 429: it cools down
+    assert gw.lb(payload).status_code == 429  # the gateway's own: nothing to send it to
+
+    def recorded() -> list[dict[str, Any]]:
+        history = gw.metrics()["endpointMetrics"][0]["metrics"]["history"].values()
+        return [m for e in history for m in e["collectedMetrics"]["perMinute"]["minutes"]]
+    wait_until(lambda: sum(m["unmetCalls"] for m in recorded()) == 2)
+    minutes = recorded()
+    # 400 characters / 4 + max_tokens 50, per call
+    assert sum(m["unmetTokens"] for m in minutes) == 2 * 150
+    assert sum(m["demandTokens"] for m in minutes) == 2 * 150
+    assert sum(m["failedCalls"] for m in minutes) == 1
+    rows = rows_by_scope(gw.get("capacity").json())
+    assert (rows["instance"][0]["unmetCalls"], rows["instance"][0]["unmetTokens"]) == (2, 300)
+
+
+def test_minute_buckets_survive_the_clusters_copies_and_sums():
+    one = IntervalCounters(api_calls=2, tokens=30)
+    one.minutes[100] = [2, 0, 20, 10, 3, 45, 1, 15]
+    other = IntervalCounters.from_dict(json.loads(json.dumps(one.as_dict())))  # via Redis
+    assert other == one
+    other.add(one)
+    assert other.minutes == {100: [4, 0, 40, 20, 6, 90, 2, 30]}
+    entry = other.history_entry(100 * 60.0)
+    assert IntervalCounters.from_entry(entry).minutes == other.minutes
+    assert entry["collectedMetrics"]["perMinute"]["minutes"][0]["start"] == (
+        "1970-01-01T01:40:00.000+00:00")

@@ -174,9 +174,27 @@ def test_dashboard_renders_charts_cooldowns_and_capacity_in_chromium(
     assert len(dom.tags("tr", data_scope="instance")) == 1
     assert sum(len(text) for _, text in dom.tags("td")) > 30
 
+    # the decision: served vs unmet per minute, a coverage curve per model, the advice
+    decision = dom.tags("svg", **{"class": "chart decision"})
+    labels = [a["aria-label"] for a, _ in decision]
+    assert labels[0] == "Tokens per minute, whole instance: served vs unmet"
+    assert sorted(re.sub(r"\(\d+ minutes?\)", "", label) for label in labels[1:]) == sorted(
+        f"{m}: share of minutes fully served, by PTUs " for m in _coverage_models(gw))
+    advice = [" ".join(text) for _, text in dom.tags("li") if _]
+    assert any(re.search(r"gpt-4o-mini: \d+ PTU serve [\d.]+% of the \d+ minutes? fully "
+                         r"\(target 95%\)", a) for a in advice), advice
+    ptu_ticks = [" ".join(t) for _, t in dom.tags("text", **{"class": "axis tick-label ptu"})]
+    assert len(ptu_ticks) >= 2 * len(labels[1:]) and all(t.isdigit() for t in ptu_ticks)
+    assert dom.tags("circle", **{"class": "recommended"})
+
     assert pictured.returncode == 0, pictured.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     print(f"dashboard screenshot: {shot}")
+
+
+def _coverage_models(gw: Any) -> list[str]:
+    """The models the report draws a coverage curve for."""
+    return list(gw.get("capacity").json()["coverage"])
 
 
 def pool_backend(endpoint: str, deployment: str) -> dict[str, str]:
@@ -254,7 +272,9 @@ def test_dashboard_charts_every_pool_backend_in_chromium(chromium, fake, start_g
     assert all(re.fullmatch(r"\d\d:\d\d(:\d\d(\.\d)?)?", t) for t in ticks), ticks
     legends = [" ".join(text) for attrs, text in dom.tags("text")
                if attrs.get("class", "").startswith("legend")]
-    assert set(legends) == {"answered", "failed", "TPM"}  # names only: no unlabelled figure
+    # names only: no unlabelled figure
+    assert set(legends) == {"answered", "failed", "TPM", "served", "unmet",
+                            "minutes served fully"}
 
     # the state and capacity tables name the pool too
     capacity = dom.tags("tr", data_scope="endpoint")
@@ -265,3 +285,59 @@ def test_dashboard_charts_every_pool_backend_in_chromium(chromium, fake, start_g
     assert pictured.returncode == 0, pictured.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     print(f"dashboard screenshot (pools only): {shot}")
+
+
+def test_dashboard_shows_unmet_demand_and_a_coverage_curve_in_chromium(
+        chromium, start_gateway, tmp_path):
+    """Through the simulator, bursts beyond one small deployment's window: the gateway answers
+    some calls 429 itself. Buckets of 1 s (API_GATEWAY_METRICS_MINUTE_SECONDS) stand for
+    minutes so that a few seconds give a curve of several points."""
+    from simulator import SimulatorServer
+
+    deployment = {"name": "gpt-4o-sim", "apikey": "k", "tpm": 600, "rpm": 1000,
+                  "window_seconds": 1, "ttft_ms": 0, "ms_per_token": 0}
+    with SimulatorServer({"deployments": [deployment]}, host="127.0.0.1", port=0) as sim:
+        gw = start_gateway(
+            [{"uri": f"{sim.url}/openai/deployments/gpt-4o-sim/chat/completions"
+                     "?api-version=2024-10-21", "apikey": "k"}],
+            env={**FAST, "API_GATEWAY_METRICS_MINUTE_SECONDS": "1"},
+            # 100 tokens a second per PTU: a bucket of 1 s is read as a minute, so 6,000 TPM
+            sections={"capacity": {"models": {"gpt-4o": {"tpmPerPtu": 6000, "minPtu": 1,
+                                                         "ptuIncrement": 1}}}})
+        stop = threading.Event()
+        chat = {"messages": [{"role": "user", "content": "x" * 200}], "max_tokens": 50}
+
+        def traffic() -> None:  # bursts of growing size, one a second
+            for n in range(40):
+                if stop.wait(0.25):
+                    return
+                for _ in range(1 + n % 5):
+                    gw.lb(chat)
+
+        def enough() -> bool:
+            report = gw.get("capacity").json()
+            return (rows_of(report)["unmetCalls"] > 0
+                    and len(report["minuteDemand"]["minutes"]) >= 5)
+
+        shot = tmp_path / "dashboard-decision.png"
+        done, pictured = browse_during(traffic, stop, enough, chromium, tmp_path,
+                                       f"{gw.url}/dashboard", shot)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = Elements()
+    dom.feed(done.stdout)
+    labels = [a["aria-label"] for a, _ in dom.tags("svg", **{"class": "chart decision"})]
+    assert labels[0] == ("Tokens per minute (buckets of 1 s), whole instance: served vs unmet")
+    assert labels[1].startswith("gpt-4o: share of minutes fully served, by PTUs")
+    assert dom.tags("rect", **{"class": "bar series-0"})
+    assert dom.tags("rect", **{"class": "bar series-1"})  # unmet demand is drawn
+    ptu_ticks = [" ".join(t) for _, t in dom.tags("text", **{"class": "axis tick-label ptu"})]
+    assert len(ptu_ticks) >= 3, ptu_ticks
+    (_, note), = dom.tags("p", id="decision-note")
+    assert re.search(r"Unmet demand: [1-9]\d* call", " ".join(note)), note
+    assert pictured.returncode == 0, pictured.stderr[-2000:]
+    print(f"dashboard screenshot (decision): {shot}")
+
+
+def rows_of(report: dict[str, Any]) -> dict[str, Any]:
+    """The instance row of a capacity report."""
+    return report["rows"][-1]

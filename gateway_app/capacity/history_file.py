@@ -4,7 +4,9 @@ The history in memory is bounded by API_GATEWAY_METRICS_CHISTORY and lost on res
 file keeps it for capacity planning (``python -m gateway_app.capacity --history FILE``). One
 line per endpoint and interval: the sink's entry (endpoint, priority, collectionTime,
 collectedMetrics) plus instanceName, source (the pod or host, so the report can add up several
-pods' files window by window) and intervalMinutes, so a line stands on its own.
+pods' files window by window) and intervalMinutes, so a line stands on its own. The entry's
+collectedMetrics carries, beside the original's fields, tokenSplit and perMinute (the
+interval's figures per minute bucket, and the pool's served and unmet demand).
 
 It runs on the collector thread, never on a call's. An I/O error is logged once (and once
 more when writing works again), never raised: capacity data is not worth failing over.

@@ -12,6 +12,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from .prices import ModelPrice, ModelPriceSchema, prices_from_section
+
 # --- the per-model throughput table -------------------------------------------------------
 
 TABLE_SOURCE = ("Microsoft Learn, 'Provisioned throughput unit (PTU) costs and billing' "
@@ -97,6 +99,10 @@ class CapacitySchema(Schema):
                          values=fields.Nested(ModelThroughputSchema))
     endpointModels = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
                                  values=fields.String(validate=validate.Length(min=1)))
+    # share of minutes a recommended PTU count must serve fully (the report's --target)
+    targetCoverage = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False))
+    prices = fields.Dict(keys=fields.String(validate=validate.Length(min=1)),
+                         values=fields.Nested(ModelPriceSchema))
 
     @validates_schema
     def known_models(self, data: dict[str, Any], **_: Any) -> None:
@@ -121,6 +127,9 @@ class Planning:
     # share of the tokens that are output tokens; None: measured from the endpoints' usage
     output_share: float | None = None
     endpoint_models: dict[str, str] = field(default_factory=dict)
+    target: float = 0.95  # share of minutes the recommended PTU count serves fully
+    prices: dict[str, ModelPrice] = field(
+        default_factory=lambda: prices_from_section(None, DEFAULT_MODEL, DEFAULT_LIKE))
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, **overrides: Any) -> Planning:
@@ -136,9 +145,12 @@ class Planning:
                 increment=row.get("ptuIncrement", base.increment),
                 output_ratio=row.get("outputRatio", base.output_ratio))
         share = overrides.get("output_share")
+        target = overrides.get("target") or section.get("targetCoverage", 0.95)
         return cls(table=table, deployment_type=kind,
                    output_share=section.get("outputShare") if share is None else share,
-                   endpoint_models=dict(section.get("endpointModels", {})))
+                   endpoint_models=dict(section.get("endpointModels", {})), target=target,
+                   prices=prices_from_section(section.get("prices"), DEFAULT_MODEL,
+                                              DEFAULT_LIKE))
 
     def model_of(self, uri: str) -> tuple[str, str]:
         """(model, how it was found: "config", "deployment" or "default") for an endpoint."""

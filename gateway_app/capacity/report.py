@@ -27,7 +27,10 @@ from typing import Any, TextIO
 
 from marshmallow import ValidationError
 
+from ..routing.metrics import MINUTE_FIELDS
 from . import clients
+from . import planning as plan
+from .prices import PRICE_SOURCE
 from .ptu import (
     DEFAULT_LIKE,
     DEFAULT_MODEL,
@@ -63,6 +66,10 @@ class Interval:
     latency_ms: float  # mean over ``calls``
     completion: float | None = None  # output tokens, when the entry tells them apart
     pool: str | None = None  # the deployment pool that lists the backend; None: /lb's list
+    # (bucket index, figures in MINUTE_FIELDS order) of the minutes that saw calls; None for
+    # entries of gateways that did not record them
+    per_minute: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+    minute_seconds: float = 60.0
 
 
 def pool_label(pool: str | None) -> str:
@@ -80,7 +87,24 @@ def _interval(instance: str, source: str, endpoint: str, priority: int,
                     calls=int(metrics["noOfApiCalls"]), failed=int(metrics["noOfFailedCalls"]),
                     tokens=float(metrics["throughput"]["kTokensPerWindow"]) * 1000,
                     latency_ms=float(metrics["latency"]["avgResponseTimeMsec"]),
-                    completion=_completion(metrics))
+                    completion=_completion(metrics), **_per_minute(metrics))
+
+
+def _per_minute(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The perMinute block of an entry as Interval fields (none: per_minute None)."""
+    block = metrics.get("perMinute")
+    if not isinstance(block, Mapping):
+        return {}
+    seconds = float(block["seconds"])
+    buckets = tuple(
+        (math.floor(datetime.fromisoformat(m["start"]).timestamp() / seconds + 1e-9),
+         tuple(int(m.get(name, 0)) for name in MINUTE_FIELDS))
+        for m in block["minutes"])
+    # counters made without buckets (hand-built, or summed from entries without them) would
+    # read as idle minutes: their figures must account for every answered call
+    if sum(figures[0] for _, figures in buckets) != int(metrics["noOfApiCalls"]):
+        return {}
+    return {"minute_seconds": seconds, "per_minute": buckets}
 
 
 def _completion(metrics: Mapping[str, Any]) -> float | None:
@@ -221,6 +245,31 @@ class Row:
     ptu_peak: int = 0
     # endpoint rows: the pool's name, None for /lb's list; last, so CSV columns keep their place
     pool: str | None = None
+    # beyond here, new columns go last too. "minute": tpmP95, tpmPeak and rpmPeak are over
+    # minute buckets (every interval recorded perMinute), "interval": over whole intervals
+    tpm_basis: str = "interval"
+    peak_minute: str = ""
+    # the pool-level demand the rows' entries carry (a pool's first entry records it)
+    unmet_calls: int = 0
+    unmet_tokens: int = 0
+    unmet_minutes: int = 0
+    demand_tpm_p95: float = 0.0
+    demand_tpm_peak: float = 0.0
+
+
+def _by_minute(row: Row, raw: list[Interval]) -> Row:
+    """Minute peaks and percentiles, and unmet demand, when every interval recorded them."""
+    series = plan.minute_series(raw)
+    if series is None:
+        return row
+    figures = plan.minute_figures(series)
+    return replace(row, tpm_basis="minute", tpm_avg=figures["tpmAvg"],
+                   rpm_avg=figures["rpmAvg"], tpm_p95=figures["tpmP95"],
+                   tpm_peak=figures["tpmPeak"], peak_minute=figures["peakMinute"] or "",
+                   rpm_peak=figures["rpmPeak"], unmet_calls=figures["unmetCalls"],
+                   unmet_tokens=figures["unmetTokens"], unmet_minutes=figures["unmetMinutes"],
+                   demand_tpm_p95=figures["demandTpmP95"],
+                   demand_tpm_peak=figures["demandTpmPeak"])
 
 
 def _summarize(row: Row, intervals: list[Interval]) -> Row:
@@ -313,8 +362,15 @@ def _camel(record: Any) -> dict[str, Any]:
 
 
 ASSUMPTIONS = [
-    "TPM of an interval = kTokensPerWindow * 1000 / interval minutes, counting the tokens of "
-    "calls the endpoints answered; demand that was throttled everywhere is not in it.",
+    "TPM counts the tokens of calls the endpoints answered. With per-minute history "
+    "(tpmBasis 'minute'), p95 and peak are over minute buckets, idle minutes as 0; else "
+    "(older history) TPM of an interval = kTokensPerWindow * 1000 / interval minutes.",
+    "Unmet demand: calls the gateway answered 429/503 itself (every backend busy), counted "
+    "by Azure's admission estimate (prompt characters / 4 + max_tokens); reported apart "
+    "(unmet*, demandTpm*) and added to the coverage curve's demand.",
+    "Coverage: N PTUs serve a minute fully when its demand, output tokens weighed by the "
+    "model's throughput ratio, fits N x TPM per PTU; the excess spills to pay-as-you-go. "
+    "Monthly figures scale the observed minutes to 730 hours.",
     "Output tokens weigh the model's throughput ratio in input tokens. Their share is "
     "measured from the endpoints' usage (prompt and completion tokens of each interval), "
     "unless the configuration's capacity.outputShare sets it; history without that split "
@@ -365,20 +421,26 @@ def build_report(intervals: Iterable[Interval], planning: Planning,
         models_of[uri] = model
         row = Row(scope="endpoint", name=uri, priority=priority[pool, uri], pool=pool,
                   deployment=deployment_name(uri), model=model, model_source=source)
-        rows.append(_sized(_summarize(row, _aligned(by_endpoint[pool, uri])),
-                           planning.table[model], planning.output_share))
+        summary = _by_minute(_summarize(row, _aligned(by_endpoint[pool, uri])),
+                             by_endpoint[pool, uri])
+        rows.append(_sized(summary, planning.table[model], planning.output_share))
     # rows over several endpoints count a deployment listed by /lb and by pools once
     intervals = _once_per_deployment(intervals)
     models = sorted(set(models_of.values()))
     model_rows = []
+    coverage: dict[str, Any] = {}
     for model in models:
         members = [i for i in intervals if models_of[i.endpoint] == model]
         row = _summarize(Row(scope="model", name=model, model=model), _aligned(members))
-        model_rows.append(_sized(row, planning.table[model], planning.output_share))
+        row = _sized(_by_minute(row, members), planning.table[model], planning.output_share)
+        model_rows.append(row)
+        covered = _coverage(members, row, planning)
+        if covered is not None:
+            coverage[model] = covered
     instances = sorted({i.instance for i in intervals})
     name = instance or ", ".join(instances)
-    total = _summarize(Row(scope="instance", name=name, model=", ".join(models)),
-                       _aligned(intervals))
+    total = _by_minute(_summarize(Row(scope="instance", name=name, model=", ".join(models)),
+                                  _aligned(intervals)), intervals)
     if len(model_rows) == 1:
         total = _sized(total, planning.table[models[0]], planning.output_share)
     else:
@@ -404,12 +466,64 @@ def build_report(intervals: Iterable[Interval], planning: Planning,
         "deploymentType": planning.deployment_type,
         "outputShare": planning.output_share,
         "rows": [_camel(r) for r in rows],
+        "coverage": coverage,
+        "recommendation": _recommendation(coverage, planning.target),
+        "minuteDemand": _minute_demand(intervals),
+        "priceTable": {"source": PRICE_SOURCE,
+                       "models": {m: _camel(p) for m, p in sorted(planning.prices.items())}},
         "ptuTable": {"source": TABLE_SOURCE,
                      "models": {m: _camel(t) for m, t in sorted(planning.table.items())}},
         "assumptions": ASSUMPTIONS,
         "warnings": warnings,
         "status": "OK",
     }
+
+
+def _coverage(members: list[Interval], row: Row, planning: Planning
+              ) -> dict[str, Any] | None:
+    """The coverage curve and costs of one model's intervals (None without minute figures)."""
+    series = plan.minute_series(members)
+    if series is None or not series.minutes:
+        return None
+    return plan.coverage(series, planning.table[row.model], planning.prices.get(row.model),
+                         row.output_share, planning.target,
+                         configured=planning.output_share is not None)
+
+
+def _recommendation(coverage: Mapping[str, Any], target: float) -> dict[str, Any]:
+    """The recommended and cheapest mixes summed over models, priced per month."""
+    if not coverage:
+        return {"target": target, "available": False,
+                "why": "no interval recorded per-minute figures"}
+    priced = all(c["payAsYouGoPerMonth"] is not None for c in coverage.values())
+    summary: dict[str, Any] = {
+        "target": target, "available": True,
+        "ptu": {m: c["recommended"]["ptu"] for m, c in coverage.items()},
+        "minutesServedShare": {m: c["recommended"]["minutesServedShare"]
+                               for m, c in coverage.items()},
+        "spillTokensPerMonth": sum(c["recommended"]["spillTokensPerMonth"]
+                                   for c in coverage.values()),
+        "priced": priced,
+    }
+    if priced:
+        options = next(iter(coverage.values()))["recommended"]["costPerMonth"]
+        summary["payAsYouGoPerMonth"] = round(sum(c["payAsYouGoPerMonth"]
+                                                  for c in coverage.values()), 2)
+        summary["recommendedPerMonth"] = {
+            o: round(sum(c["recommended"]["costPerMonth"][o] for c in coverage.values()), 2)
+            for o in options}
+        summary["cheapest"] = {m: c["cheapest"] for m, c in coverage.items()}
+        summary["cheapestPerMonth"] = round(sum(c["cheapest"]["costPerMonth"]
+                                                for c in coverage.values()), 2)
+    return summary
+
+
+def _minute_demand(intervals: list[Interval]) -> dict[str, Any] | None:
+    """Served and unmet tokens per minute of the instance, for the dashboard's chart."""
+    series = plan.minute_series(intervals)
+    if series is None:
+        return None
+    return {"minuteSeconds": series.seconds, "minutes": plan.series_json(series)}
 
 
 def live_report(metrics_document: Mapping[str, Any], section: Mapping[str, Any] | None
@@ -492,10 +606,53 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines.append("")
     lines += [f"{row_label(r)}  {r['name']}  {model_note(r, report)}"
               for r in report["rows"] if r["scope"] == "endpoint"]
+    lines += coverage_lines(report)
     lines.append(f"pool {LB_LABEL}: the endpoints list of POST /lb")
     lines.append(f"PTU table: {report['ptuTable']['source']}")
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _money(value: float | None) -> str:
+    return "no price" if value is None else f"${value:,.0f}"
+
+
+def coverage_lines(report: Mapping[str, Any]) -> list[str]:
+    """The decision in words: per model the coverage curve, then the recommended and cheapest
+    mixes with their monthly cost."""
+    coverage, advice = report.get("coverage") or {}, report.get("recommendation") or {}
+    if not coverage:
+        return ["coverage: not available (no interval recorded per-minute figures)"]
+    total = report["rows"][-1]
+    lines = [f"demand per minute: served peak {total['tpmPeak']:,.0f} TPM; unmet (the "
+             f"gateway's own 429/503, every backend busy) {total['unmetCalls']} calls, "
+             f"{total['unmetTokens']:,} estimated tokens, in {total['unmetMinutes']} minutes; "
+             f"served + unmet peak {total['demandTpmPeak']:,.0f} TPM"]
+    for model, c in coverage.items():
+        lines.append(f"coverage of {model} over {c['minutes']} minutes "
+                     f"(buckets of {c['minuteSeconds']:g} s; share of minutes fully served, "
+                     "tokens per month spilled to pay-as-you-go):")
+        lines += [f"  {p['ptu']:>5} PTU  {p['minutesServedShare']:7.1%}  "
+                  f"{p['spillTokensPerMonth']:>14,} spilled/month" for p in c["curve"]]
+        best = c["recommended"]
+        lines.append(f"  recommended for {c['target']:.0%} of minutes: {best['ptu']} PTU "
+                     f"({best['minutesServedShare']:.1%} served fully, "
+                     f"{best['spillTokensPerMonth']:,} tokens/month spilled)")
+        if c["cheapest"]:
+            cheap = c["cheapest"]
+            lines.append(f"  per month: all pay-as-you-go {_money(c['payAsYouGoPerMonth'])}; "
+                         "recommended " + ", ".join(f"{o} {_money(v)}" for o, v in
+                                                    best["costPerMonth"].items())
+                         + "; cheapest " + (f"{cheap['ptu']} PTU {cheap['billing']}"
+                                            if cheap["ptu"] else "pay-as-you-go only")
+                         + f" {_money(cheap['costPerMonth'])}")
+    if advice.get("priced"):
+        lines.append(f"all models per month: pay-as-you-go "
+                     f"{_money(advice['payAsYouGoPerMonth'])}, recommended (monthly "
+                     f"reservation) {_money(advice['recommendedPerMonth']['monthlyReservation'])}"
+                     f", cheapest {_money(advice['cheapestPerMonth'])}")
+    lines.append(f"prices: {report['priceTable']['source']}")
+    return lines
 
 
 def write_csv(report: Mapping[str, Any], out: TextIO) -> None:
@@ -530,6 +687,10 @@ def _parser() -> argparse.ArgumentParser:
                              "one, else measured per row from the history's prompt and "
                              "completion tokens (tokenSplit); a row whose history has no "
                              "split, saved by an older gateway, counts 0)")
+    parser.add_argument("--target", type=float, metavar="SHARE",
+                        help="share of minutes the recommended PTU count must serve fully, "
+                             "0-1 (default: the --config file's capacity.targetCoverage, "
+                             "else 0.95)")
     parser.add_argument("--csv", metavar="OUT", help="also write the rows as CSV to OUT")
     parser.add_argument("--clients-csv", metavar="OUT",
                         help="also write the usage by client (calls, 429s, 403s, prompt and "
@@ -576,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one --metrics or --history file")
     if args.output_share is not None and not 0 <= args.output_share <= 1:
         parser.error("--output-share must be between 0 and 1")
+    if args.target is not None and not 0 < args.target <= 1:
+        parser.error("--target must be above 0 and at most 1")
     if args.interval is not None and not args.interval > 0:
         parser.error("--interval must be a positive number of minutes")
     try:
@@ -588,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         print("capacity: the inputs hold no closed interval", file=sys.stderr)
         return 1
     planning = Planning.from_section(section, deployment_type=args.deployment_type,
-                                     output_share=args.output_share)
+                                     output_share=args.output_share, target=args.target)
     report = build_report(intervals, planning)
     usage = _client_rows(args)
     if usage:

@@ -186,6 +186,7 @@ class Proxy:
             elif lease is not None:
                 answer = self._try(lease, target(entry), call, attempts, client_gone)
                 if answer is not None:
+                    self._count(call, entries, answer.served)
                     return answer
         # The readings said these could not take the call, but they are estimates and may be
         # stale: try them in order rather than refuse a call that one of them may serve.
@@ -196,9 +197,18 @@ class Proxy:
             if isinstance(lease, Lease):
                 answer = self._try(lease, target(entry), call, attempts, client_gone)
                 if answer is not None:
+                    self._count(call, entries, answer.served)
                     return answer
-        self.registry.count_client_call(served=False)
+        self._count(call, entries, served=False)
         return self._unavailable(call, attempts, entries)
+
+    def _count(self, call: Call, entries: Sequence[PoolEntry], served: bool) -> None:
+        """Count a client call, and its estimate as demand on the pool's first entry (the
+        pool-level series the capacity report and replay read; a weighted pool's order
+        varies per call, so the first by priority, then URL)."""
+        head = min(entries, key=lambda e: (e.priority, e.url)) if entries else None
+        arrived = time.time() - (time.monotonic() - call.started)
+        self.registry.count_client_call(served, head, call.cost, arrived)
 
     def _try(self, lease: Lease, url: str, call: Call, attempts: Attempts,
              client_gone: Callable[[], bool]) -> ClientAnswer | None:
@@ -208,8 +218,6 @@ class Proxy:
         except BaseException:
             lease.abandon()  # the in-flight count is given back whatever went wrong
             raise
-        if answer is not None:
-            self.registry.count_client_call(served=answer.served)
         return answer
 
     def _out_of_tries(self, attempts: Attempts, deadline: float) -> bool:

@@ -261,8 +261,9 @@ class Registry:
     def __init__(self, max_connections: int, history_size: int,
                  failure_cooldown: float, failure_cooldown_max: float,
                  connect_timeout: float, read_timeout: float,
-                 headroom_seconds: float = 5.0) -> None:
+                 headroom_seconds: float = 5.0, minute_seconds: float = 60.0) -> None:
         self._lock = threading.Lock()
+        self._minute_seconds = minute_seconds  # length of a per-minute metrics bucket
         self._headroom_seconds = headroom_seconds  # how long a reading is trusted
         self._max_connections = max_connections
         self._history_size = history_size
@@ -311,7 +312,8 @@ class Registry:
                 if found is None:
                     return PoolEntry(pool, backend, cfg.uri, cfg.api_key, priority, cfg.weight,
                                      cfg.timeout,
-                                     EndpointMetrics(self._history_size, self.interval_start(now)),
+                                     EndpointMetrics(self._history_size, self.interval_start(now),
+                                                     self._minute_seconds),
                                      timeout, cfg.utilization_limit)
                 found.backend, found.api_key, found.priority = backend, cfg.api_key, priority
                 found.weight, found.read_timeout, found.timeout = cfg.weight, cfg.timeout, timeout
@@ -571,13 +573,20 @@ class Registry:
         with self._lock:
             return set(self._backends)
 
-    def count_client_call(self, served: bool) -> None:
-        """Instance totals: a client call served by some backend, or one no backend could."""
+    def count_client_call(self, served: bool, head: PoolEntry | None = None, cost: int = 0,
+                          arrived: float | None = None) -> None:
+        """Instance totals: a client call served by some backend, or one no backend could.
+
+        With ``head`` (the pool's first entry), the call's estimated ``cost`` also counts as
+        the pool's demand in the minute it ``arrived`` (epoch seconds), unmet when not served.
+        """
         with self._lock:
             if served:
                 self.success_calls += 1
             else:
                 self.failed_calls += 1
+            if head is not None:
+                head.metrics.demand(cost, served, arrived)
 
     def client_calls(self) -> tuple[int, int]:
         """Client calls served and not served so far (never reset: Prometheus counters)."""

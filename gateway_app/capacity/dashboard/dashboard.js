@@ -272,6 +272,162 @@
     document.getElementById("table-source").textContent = "PTU table: " + report.ptuTable.source;
   }
 
+  // --- the decision: served and unmet demand per minute, coverage, recommendation ----------
+
+  const W2 = 560, H2 = 210, L2 = 52, R2 = 14, T2 = 36, B2 = 32;
+
+  // Numeric ticks at 1, 2 or 5 times a power of ten, at most ``most`` of them.
+  function numberTicks(from, to, most) {
+    const span = Math.max(to - from, 1e-9);
+    // the smallest step that gives at most ``most`` ticks, from a tenth of the span's power
+    const unit = Math.max(1e-9, Math.pow(10, Math.floor(Math.log10(span)) - 1));
+    let step = unit * 100;
+    for (const f of [1, 2, 5, 10, 20, 50, 100]) {
+      if (span / (unit * f) <= most) { step = unit * f; break; }
+    }
+    const ticks = [];
+    for (let v = Math.ceil(from / step) * step; v <= to + 1e-9; v += step) ticks.push(v);
+    return ticks;
+  }
+
+  // A plot for the decision section: x and y scales, frame, y ticks, title and legend.
+  function frame(title, xFrom, xTo, yTop, yTicks, yFormat, legend) {
+    const x = (v) => L2 + ((v - xFrom) * (W2 - L2 - R2)) / Math.max(xTo - xFrom, 1e-9);
+    const y = (v) => T2 + (H2 - T2 - B2) * (1 - v / yTop);
+    const root = svg("svg", { class: "chart decision", viewBox: `0 0 ${W2} ${H2}`, role: "img",
+                              "aria-label": title });
+    root.appendChild(svg("title", {}, title));
+    root.appendChild(svg("text", { x: L2, y: 14, class: "chart-title" }, title));
+    for (const v of yTicks) {
+      root.appendChild(svg("line", { x1: L2, x2: W2 - R2, y1: y(v), y2: y(v), class: "grid" }));
+      root.appendChild(svg("text", { x: L2 - 4, y: y(v) + 4, class: "axis", "text-anchor": "end" },
+                           yFormat(v)));
+    }
+    legend.forEach((name, n) => {
+      // on a line of their own under the title, which may be long
+      root.appendChild(svg("text", { x: W2 - R2 - 70 * (legend.length - 1 - n), y: 28,
+                                     class: `legend series-${n}`, "text-anchor": "end" }, name));
+    });
+    return { root, x, y };
+  }
+
+  function path(points, n) {
+    const d = points.map(([px, py], i) => `${i ? "L" : "M"}${px.toFixed(1)},${py.toFixed(1)}`)
+      .join(" ");
+    return svg("path", { d, class: `series series-${n}` });
+  }
+
+  function demandChart(demand) {
+    const k = 60 / demand.minuteSeconds;  // tokens per bucket -> tokens per minute
+    const starts = demand.minutes.map((m) => Date.parse(m.start));
+    const served = demand.minutes.map((m) => m.servedTokens * k);
+    const unmet = demand.minutes.map((m) => m.unmetTokens * k);
+    const length = demand.minuteSeconds * 1000;
+    const from = starts[0], to = starts[starts.length - 1] + length;
+    const top = Math.max(1, ...served.map((v, i) => v + unmet[i]));
+    const yTicks = numberTicks(0, top, 5);
+    const yTop = Math.max(top, yTicks[yTicks.length - 1]);
+    const title = demand.minuteSeconds === 60
+      ? "Tokens per minute, whole instance: served vs unmet"
+      : `Tokens per minute (buckets of ${demand.minuteSeconds} s), whole instance: served vs unmet`;
+    const { root, x, y } = frame(title, from, to, yTop, yTicks, formatNumber,
+                                 ["served", "unmet"]);
+    for (const tick of timeTicks(from, to, W2 - L2 - R2)) {
+      root.appendChild(svg("line", { x1: x(tick.t), x2: x(tick.t), y1: T2, y2: H2 - B2 + 4,
+                                     class: "grid tick" }));
+      const half = (tick.text.length * CHAR_WIDTH) / 2;
+      root.appendChild(svg("text", { x: Math.min(x(tick.t), W2 - 2 - half), y: H2 - 10,
+                                     class: "axis tick-label", "text-anchor": "middle" },
+                           tick.text));
+    }
+    root.appendChild(svg("text", { x: W2 - R2, y: H2 - 1, class: "axis", "text-anchor": "end" },
+                         "UTC"));
+    // one bar a minute: served below, unmet stacked on it, so the bar's top is the demand
+    const width = Math.max(1, x(from + length) - x(from) - 1);
+    starts.forEach((t, i) => {
+      root.appendChild(svg("rect", { x: x(t), width, y: y(served[i]),
+                                     height: y(0) - y(served[i]), class: "bar series-0" }));
+      if (unmet[i] > 0) {
+        root.appendChild(svg("rect", { x: x(t), width, y: y(served[i] + unmet[i]),
+                                       height: y(0) - y(unmet[i]), class: "bar series-1" }));
+      }
+    });
+    return root;
+  }
+
+  function coverageChart(model, c) {
+    const xs = c.curve.map((p) => p.ptu);
+    const from = xs[0], to = Math.max(xs[xs.length - 1], from + c.increment);
+    const title = `${model}: share of minutes fully served, by PTUs (${plural(c.minutes, "minute")})`;
+    const { root, x, y } = frame(title, from, to, 100, [0, 25, 50, 75, 100], (v) => `${v}%`,
+                                 ["minutes served fully"]);
+    for (const v of numberTicks(from, to, 8)) {
+      root.appendChild(svg("line", { x1: x(v), x2: x(v), y1: T2, y2: H2 - B2 + 4,
+                                     class: "grid tick" }));
+      root.appendChild(svg("text", { x: x(v), y: H2 - 10, class: "axis tick-label ptu",
+                                     "text-anchor": "middle" }, String(v)));
+    }
+    root.appendChild(svg("text", { x: W2 - R2, y: H2 - 1, class: "axis", "text-anchor": "end" },
+                         "PTUs"));
+    root.appendChild(svg("line", { x1: L2, x2: W2 - R2, y1: y(c.target * 100),
+                                   y2: y(c.target * 100), class: "target" }));
+    // under the line at the left, clear of a first point at 100% and of the top labels
+    root.appendChild(svg("text", { x: L2 + 10, y: y(c.target * 100) + 11, class: "axis" },
+                         `target ${(c.target * 100).toFixed(0)}% of minutes`));
+    root.appendChild(path(c.curve.map((p) => [x(p.ptu), y(p.minutesServedShare * 100)]), 0));
+    const best = c.recommended;
+    const bx = x(best.ptu), by = y(best.minutesServedShare * 100);
+    root.appendChild(svg("circle", { cx: bx, cy: by, r: 4, class: "recommended" }));
+    // beside the point, on the side away from the plot's edge: the curve rises to the right,
+    // so left of a point on the right it runs below the label
+    const right = bx > (L2 + W2 - R2) / 2;
+    root.appendChild(svg("text", { x: right ? bx - 8 : bx + 8,
+                                   y: right ? by + 4 : Math.min(by + 22, H2 - B2 - 4),
+                                   class: "mark", "text-anchor": right ? "end" : "start" },
+                         `recommended: ${best.ptu} PTU`));
+    return root;
+  }
+
+  function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
+  function money(v) {
+    return v === null || v === undefined ? "no price"
+      : "$" + Math.round(v).toLocaleString("en-US");
+  }
+
+  function renderDecision(report) {
+    const charts = [];
+    const items = [];
+    const demand = report.minuteDemand;
+    if (demand && demand.minutes.length) charts.push(demandChart(demand));
+    for (const [model, c] of Object.entries(report.coverage || {})) {
+      charts.push(coverageChart(model, c));
+      const best = c.recommended;
+      let text = `${model}: ${best.ptu} PTU serve ${(best.minutesServedShare * 100).toFixed(1)}% ` +
+        `of the ${plural(c.minutes, "minute")} fully (target ${(c.target * 100).toFixed(0)}%); ` +
+        `${formatNumber(best.spillTokensPerMonth)} tokens a month would spill to pay-as-you-go.`;
+      if (c.cheapest) {
+        text += ` Per month: all pay-as-you-go ${money(c.payAsYouGoPerMonth)}; recommended ` +
+          `${money(best.costPerMonth.monthlyReservation)} (monthly reservation), ` +
+          `${money(best.costPerMonth.yearlyReservation)} (yearly); cheapest: ` +
+          (c.cheapest.ptu ? `${c.cheapest.ptu} PTU, ${c.cheapest.billing}`
+            : "pay-as-you-go only") + `, ${money(c.cheapest.costPerMonth)}.`;
+      }
+      items.push(el("li", { "data-model": model }, text));
+    }
+    document.getElementById("decision-charts").replaceChildren(...charts);
+    document.getElementById("recommendation").replaceChildren(...items);
+    const instance = report.rows[report.rows.length - 1];
+    document.getElementById("decision-note").textContent = items.length
+      ? `Over every minute of the history kept (${report.from} to ${report.to}). Unmet demand: ` +
+        `${instance.unmetCalls} call(s), ${formatNumber(instance.unmetTokens)} estimated ` +
+        "tokens, that the gateway answered 429/503 itself because every backend was busy. " +
+        "Costs scale the observed minutes to a month of 730 hours."
+      : "No interval with per-minute figures yet: the curve and the recommendation appear " +
+        "once one closes.";
+    document.getElementById("price-source").textContent = "Prices: " + report.priceTable.source;
+  }
+
   // The cluster's figures (summed over the replicas through Redis) when the gateway has
   // them; this instance's when Redis is not configured, or not reachable now (503).
   async function clusterMetrics() {
@@ -301,6 +457,7 @@
       renderState(ready);
       renderCharts(metrics);
       renderCapacity(report);
+      renderDecision(report);
       status.textContent = `Updated ${clock(new Date().toISOString())} UTC; ` +
         `gateway ${ready.status === "OK" ? "ready" : "not ready"}; ${scopeText(metrics)}; ` +
         `refreshes every ${refreshMs / 1000} s.`;
