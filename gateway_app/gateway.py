@@ -81,7 +81,8 @@ class Gateway:
         self.proxy = Proxy(self.registry, settings, self.telemetry)
         self.admission = Admission(admission_limit(settings.threads, settings.max_in_progress))
         self.telemetry.prometheus.register(self.admission.collector())
-        self.telemetry.prometheus.register(ClientUsageCollector(self.usage))
+        self.telemetry.prometheus.register(
+            ClientUsageCollector(self.usage, lambda: self.current.client_limits))
         self.config_version = file_version(settings.config_file)
         self.collector = IntervalCollector(self.registry, settings.metrics_interval_seconds,
                                            aligned=shared, usage=self.usage)

@@ -416,6 +416,23 @@ class ClientUsage:
         with self._lock:
             return {name: ClientCounters(**vars(c.total)) for name, c in self._clients.items()}
 
+    def quota_use(self, limits: Mapping[str, ClientLimits]) -> list[tuple[str, str, int, int]]:
+        """(client, period, tokens used in the current period, quota) of every client with a
+        token quota in ``limits``, for Prometheus (a client that has not called yet used 0)."""
+        now = self._clock()
+        with self._lock:
+            found = []
+            for name, limit in limits.items():
+                if limit.token_quota is None or limit.quota_period is None:
+                    continue
+                client = self._clients.get(name)
+                current = (client is not None and client.period_kind == limit.quota_period
+                           and client.period is not None and client.period <= now
+                           < client.period_end)
+                used = client.period_tokens if current and client is not None else 0
+                found.append((name, limit.quota_period, used, limit.token_quota))
+            return found
+
     def counted(self, name: str) -> tuple[int, int, int]:
         """Tokens and requests in ``name``'s last minute, and its quota period's tokens."""
         with self._lock:

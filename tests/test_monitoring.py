@@ -46,7 +46,7 @@ def test_promtool_checks_the_rules(promtool):
     done = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 3 rules found" in done.stdout
+    assert "SUCCESS: 4 rules found" in done.stdout
 
 
 def test_promtool_runs_the_rules_unit_tests(promtool):
@@ -74,11 +74,17 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
 def test_every_metric_the_dashboard_and_rules_use_is_exported(fake, start_gateway):
     throttled = fake(default=throttle("1"))
     served = fake(default=reply(200, chat_body(tokens=50)))
-    gw = start_gateway([throttled.uri("east"), served.uri("west")])
+    key = "client-key-monitoring-1"
+    client = {"clientKeys": [{"name": "app", "key": key, "tokenQuota": 100_000,
+                              "quotaPeriod": "daily"}]}
+    gw = start_gateway([throttled.uri("east"), served.uri("west")], sections=client)
     for _ in range(3):
-        assert gw.lb().status_code == 200
-    page = requests.get(f"{gw.url}/prometheus", timeout=10).text
+        assert gw.lb(headers={"api-key": key}).status_code == 200
+    page = requests.get(f"{gw.url}/prometheus", timeout=10, headers={"api-key": key}).text
     exported = exported_names(page)
+    # the quota gauges: three answers of 50 tokens each, settled by their usage
+    assert 'apirouter_client_quota_used_tokens{client="app",period="daily"} 150.0' in page
+    assert 'apirouter_client_quota_tokens{client="app",period="daily"} 100000.0' in page
     assert "apirouter_backend_calls_total" in exported  # the page was read
 
     dashboard = json.loads(DASHBOARD.read_text())
@@ -93,7 +99,8 @@ def test_every_metric_the_dashboard_and_rules_use_is_exported(fake, start_gatewa
     for name in ("apirouter_backend_calls_total", "apirouter_skips_total",
                  "apirouter_backend_latency_seconds_bucket",
                  "apirouter_time_to_first_token_seconds_bucket",
-                 "apirouter_endpoint_cooldown_seconds", "apirouter_tokens_total"):
+                 "apirouter_endpoint_cooldown_seconds", "apirouter_tokens_total",
+                 "apirouter_client_tokens_total", "apirouter_client_quota_used_tokens"):
         assert name in used, name
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,7 +29,7 @@ from .registry import PoolEntry, Registry, endpoint_label
 from .sse import Usage
 
 if TYPE_CHECKING:
-    from ..usage import ClientUsage
+    from ..usage import ClientLimits, ClientUsage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # model answers take from tens of milliseconds (embeddings) to minutes (long completions)
@@ -188,12 +188,27 @@ class _CallCollector(Collector):
 
 
 class ClientUsageCollector(Collector):
-    """Each client's calls and tokens since the start, by client name (never a key)."""
+    """Each client's calls and tokens since the start, and its quota use, by client name
+    (never a key); ``limits`` gives the clients' limits in force."""
 
-    def __init__(self, usage: ClientUsage) -> None:
+    def __init__(self, usage: ClientUsage,
+                 limits: Callable[[], Mapping[str, ClientLimits]] = dict) -> None:
         self.usage = usage
+        self.limits = limits
 
     def collect(self) -> Iterator[Metric]:
+        quotas = self.usage.quota_use(self.limits())
+        if quotas:
+            quota = GaugeMetricFamily("apirouter_client_quota_tokens",
+                                      "A client's token quota for its period",
+                                      labels=["client", "period"])
+            used = GaugeMetricFamily("apirouter_client_quota_used_tokens",
+                                     "Tokens a client has used of its quota in the current "
+                                     "period", labels=["client", "period"])
+            for name, period, spent, limit in quotas:
+                quota.add_metric([name, period], limit)
+                used.add_metric([name, period], spent)
+            yield from (quota, used)
         totals = self.usage.totals()
         if not totals:
             return
