@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a file: make ``bench`` importable as a p
 import requests
 
 from bench.gateway import GatewayProcess, git_revision
-from bench.system import machine_info, stop_process
+from bench.system import machine_info, start_simulator, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "headroom"
@@ -112,16 +112,9 @@ class Simulator:
         self.config.write_text(json.dumps({"deployments": [
             {**d, "apikey": API_KEY, "window_seconds": WINDOW_SECONDS, **LATENCY}
             for d in DEPLOYMENTS]}))
-        self.proc = subprocess.Popen(
+        self.proc, self.url = start_simulator(
             [sys.executable, "-m", "simulator", "--config", str(self.config), "--port", "0",
-             "--host", "127.0.0.1"], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "simulator: listening on http://HOST:PORT ..."
-        if "listening on " not in line:
-            self.stop()
-            raise RuntimeError(f"the simulator did not start: {line.strip()!r}")
-        self.url = line.split("listening on ", 1)[1].split()[0]
+             "--host", "127.0.0.1"], ROOT)
         return self
 
     def endpoints(self) -> list[str]:

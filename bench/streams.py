@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .system import cpu_seconds, status_fields, stop_process
+from .system import cpu_seconds, start_simulator, status_fields, stop_process
 
 CLIENT = Path(__file__).with_name("stream_client.py")
 DEPLOYMENT = "bench"
@@ -55,14 +55,8 @@ class SimulatorProcess:
                 f"ttft_ms={self.shape.ttft_ms},ms_per_token={self.shape.ms_per_token}")
         cmd = [*self.taskset, sys.executable, "-m", "simulator", "--host", "127.0.0.1",
                "--port", "0", "--idle-timeout", "60", "--deployment", spec]
-        self.proc = subprocess.Popen(cmd, cwd=self.repo, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "simulator: listening on http://HOST:PORT ..."
-        if "listening on " not in line:
-            self.stop()
-            raise RuntimeError(f"the simulator did not start: {line.strip()!r}")
-        self.url = line.split("listening on ", 1)[1].split()[0] + PATH
+        self.proc, base = start_simulator(cmd, self.repo)
+        self.url = base + PATH
         return self
 
     def stop(self) -> None:

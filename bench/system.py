@@ -212,3 +212,16 @@ def ensure_tools(tools: Sequence[str], packages: Sequence[str]) -> None:
     still = [t for t in tools if shutil.which(t) is None]
     if still:
         raise SystemExit(f"bench: {', '.join(still)} still missing after apt-get install")
+
+
+def start_simulator(cmd: Sequence[str], cwd: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m simulator`` (``cmd``, on port 0) and read the base URL it announces;
+    the process is stopped again if it announces none."""
+    proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "simulator: listening on http://HOST:PORT ..."
+    if "listening on " not in line:
+        stop_process(proc)
+        raise RuntimeError(f"the simulator did not start: {line.strip()!r}")
+    return proc, line.split("listening on ", 1)[1].split()[0]

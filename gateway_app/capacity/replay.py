@@ -29,7 +29,7 @@ from typing import Any
 from .planning import MINUTES_PER_MONTH, MinuteSeries, minute_series
 from .prices import ModelPrice
 from .ptu import DEPLOYMENT_TYPES, ModelThroughput, Planning
-from .report import InputError, _load_inputs, _read_section, unique
+from .report import InputError, _load_inputs, _read_section, add_input_arguments, unique
 
 
 @dataclass(frozen=True)
@@ -127,12 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m gateway_app.capacity replay",
         description="Replay the recorded per-minute demand (served and unmet) against a "
                     "proposed mix: N PTUs first, then standard deployments in order.")
-    parser.add_argument("--metrics", action="append", default=[], metavar="FILE",
-                        help="a saved GET /metrics answer (repeatable)")
-    parser.add_argument("--history", action="append", default=[], metavar="FILE",
-                        help="a JSON-lines history file (repeatable)")
-    parser.add_argument("--config", metavar="FILE",
-                        help="the gateway's configuration file, for its capacity section")
+    add_input_arguments(parser)
     parser.add_argument("--pool", default="", metavar="NAME",
                         help="the deployment pool whose demand to replay (default: /lb's list)")
     parser.add_argument("--model", default="default",

@@ -664,11 +664,8 @@ def write_csv(report: Mapping[str, Any], out: TextIO) -> None:
 
 # --- the command line ---------------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m gateway_app.capacity",
-        description="Capacity report (TPM, RPM, failures, PTU estimate) from saved /metrics "
-                    "outputs and metrics history files of the gateway.")
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inputs both commands read: saved /metrics answers, history files, the config."""
     parser.add_argument("--metrics", action="append", default=[], metavar="FILE",
                         help="a saved GET /metrics answer (repeatable; overlaps are merged)")
     parser.add_argument("--history", action="append", default=[], metavar="FILE",
@@ -676,6 +673,14 @@ def _parser() -> argparse.ArgumentParser:
                              "repeatable, e.g. FILE.1 and FILE)")
     parser.add_argument("--config", metavar="FILE",
                         help="the gateway's configuration file, for its capacity section")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway_app.capacity",
+        description="Capacity report (TPM, RPM, failures, PTU estimate) from saved /metrics "
+                    "outputs and metrics history files of the gateway.")
+    add_input_arguments(parser)
     parser.add_argument("--interval", type=float, metavar="MINUTES",
                         help="interval length, overriding what the inputs say")
     parser.add_argument("--deployment-type", choices=DEPLOYMENT_TYPES,
