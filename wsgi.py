@@ -40,6 +40,8 @@ def _help_epilog() -> str:
         if default is MISSING:
             shown = "required"
         else:
+            if isinstance(default, bool):  # flags read on/off, as the README spells them
+                default = "on" if default else "off"
             shown = f"default {default}" if default not in ("", ()) else "optional, no default"
         lines.append(f"  {name:43} {shown}")
     lines.append("See README.md for what each one means, and .env.sample for an env file that "
