@@ -29,7 +29,7 @@ from typing import Any
 from .planning import MINUTES_PER_MONTH, MinuteSeries, minute_series
 from .prices import ModelPrice
 from .ptu import DEPLOYMENT_TYPES, ModelThroughput, Planning
-from .report import InputError, _load_inputs, _read_section, add_input_arguments, unique
+from .report import add_input_arguments, read_inputs, unique
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.metrics and not args.history:
-        parser.error("give at least one --metrics or --history file")
     try:
         standard = [int(v) for v in args.standard.split(",") if v.strip()]
     except ValueError:
@@ -156,12 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ptu < 0 or any(q < 1 for q in standard) or not (args.ptu or standard):
         parser.error("give --ptu N (N > 0) or --standard quotas (each > 0), or both")
     args.interval = None
-    try:
-        section = _read_section(args.config) if args.config else None
-        intervals = _load_inputs(args)
-    except InputError as exc:
-        print(f"replay: {exc}", file=sys.stderr)
+    inputs = read_inputs(parser, args, "replay")
+    if inputs is None:
         return 1
+    section, intervals = inputs
     planning = Planning.from_section(section, deployment_type=args.deployment_type,
                                      output_share=args.output_share)
     if args.model not in planning.table:

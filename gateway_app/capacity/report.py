@@ -735,23 +735,33 @@ def _load_inputs(args: argparse.Namespace) -> list[Interval]:
     return intervals
 
 
+def read_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                command: str) -> tuple[dict[str, Any] | None, list[Interval]] | None:
+    """The --config file's capacity section and the intervals of the --metrics and --history
+    files, for both commands; None once it has said on stderr what it could not read."""
+    if not args.metrics and not args.history:
+        parser.error("give at least one --metrics or --history file")
+    try:
+        section = _read_section(args.config) if args.config else None
+        return section, _load_inputs(args)
+    except InputError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.metrics and not args.history:
-        parser.error("give at least one --metrics or --history file")
     if args.output_share is not None and not 0 <= args.output_share <= 1:
         parser.error("--output-share must be between 0 and 1")
     if args.target is not None and not 0 < args.target <= 1:
         parser.error("--target must be above 0 and at most 1")
     if args.interval is not None and not args.interval > 0:
         parser.error("--interval must be a positive number of minutes")
-    try:
-        section = _read_section(args.config) if args.config else None
-        intervals = _load_inputs(args)
-    except InputError as exc:
-        print(f"capacity: {exc}", file=sys.stderr)
+    inputs = read_inputs(parser, args, "capacity")
+    if inputs is None:
         return 1
+    section, intervals = inputs
     if not intervals:
         print("capacity: the inputs hold no closed interval", file=sys.stderr)
         return 1

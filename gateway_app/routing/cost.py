@@ -85,13 +85,7 @@ def _prompt_tokens(prompt: Any) -> tuple[int, int]:
         return 0, 1
     if _is_ids(prompt):
         return len(prompt), 1
-    tokens = 0
-    for item in prompt:
-        if isinstance(item, str):
-            tokens += _tokens(len(item))
-        elif _is_ids(item):
-            tokens += len(item)
-    return tokens, len(prompt)
+    return _items_tokens(prompt), len(prompt)
 
 
 def _input_tokens(value: Any) -> int:
@@ -102,8 +96,13 @@ def _input_tokens(value: Any) -> int:
         return 0
     if _is_ids(value):
         return len(value)
+    return _items_tokens(value)
+
+
+def _items_tokens(items: list[Any]) -> int:
+    """A list of texts (each rounded up on its own) or of token-id arrays (one per id)."""
     tokens = 0
-    for item in value:
+    for item in items:
         if isinstance(item, str):
             tokens += _tokens(len(item))
         elif _is_ids(item):
