@@ -99,6 +99,14 @@ def test_dashboard_assets_name_no_other_host():
         assert set(urls) <= {"http://www.w3.org/2000/svg"}, path.name  # SVG's namespace
 
 
+def loaded(done: subprocess.CompletedProcess) -> Elements:
+    """The DOM Chromium dumped, after checking that it ran."""
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = Elements()
+    dom.feed(done.stdout)
+    return dom
+
+
 def browse_during(traffic: Callable[[], None], stop: threading.Event,
                   ready: Callable[[], Any], chromium: str, tmp_path: Path, url: str,
                   shot: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
@@ -138,9 +146,7 @@ def test_dashboard_renders_charts_cooldowns_and_capacity_in_chromium(
             for h in gw.metrics()["endpointMetrics"][1]["metrics"]["history"].values()),
         chromium, tmp_path, f"{gw.url}/dashboard", shot)
 
-    assert done.returncode == 0, done.stderr[-2000:]
-    dom = Elements()
-    dom.feed(done.stdout)
+    dom = loaded(done)
     (body, _), = dom.tags("body")
     status = [text for attrs, text in dom.tags("p") if attrs.get("id") == "status"]
     assert body["data-state"] == "ready", status
@@ -234,9 +240,7 @@ def test_dashboard_charts_every_pool_backend_in_chromium(chromium, fake, start_g
     done, pictured = browse_during(traffic, stop, closed_with_calls, chromium, tmp_path,
                                    f"{gw.url}/dashboard", shot)
 
-    assert done.returncode == 0, done.stderr[-2000:]
-    dom = Elements()
-    dom.feed(done.stdout)
+    dom = loaded(done)
     (body, _), = dom.tags("body")
     assert body["data-state"] == "ready", dom.tags("p", id="status")
 
@@ -322,9 +326,7 @@ def test_dashboard_shows_unmet_demand_and_a_coverage_curve_in_chromium(
         shot = tmp_path / "dashboard-decision.png"
         done, pictured = browse_during(traffic, stop, enough, chromium, tmp_path,
                                        f"{gw.url}/dashboard", shot)
-    assert done.returncode == 0, done.stderr[-2000:]
-    dom = Elements()
-    dom.feed(done.stdout)
+    dom = loaded(done)
     labels = [a["aria-label"] for a, _ in dom.tags("svg", **{"class": "chart decision"})]
     assert labels[0] == ("Tokens per minute (buckets of 1 s), whole instance: served vs unmet")
     assert labels[1].startswith("gpt-4o: share of minutes fully served, by PTUs")
