@@ -172,35 +172,40 @@ class Proxy:
         deployments cannot hold a worker for the sum of their timeouts.
         """
         attempts = Attempts()
+        for lease in self._leases(call, entries, attempts):
+            answer = self._try(lease, target(lease.entry), call, attempts, client_gone)
+            if answer is not None:
+                self._count(call, entries, answer.served)
+                return answer
+        self._count(call, entries, served=False)
+        return self._unavailable(call, attempts, entries)
+
+    def _leases(self, call: Call, entries: Sequence[PoolEntry],
+                attempts: Attempts) -> Iterator[Lease]:
+        """Leases on ``entries`` in order, skipping those cooling down; then on those headroom
+        routing passed over. Stops at the bounds on attempts and failover time, which it
+        checks before each lease as ``attempts`` grows."""
         cost = call.cost if self.headroom else None
         deadline = call.started + self.settings.failover_timeout
         passed: list[PoolEntry] = []
         for entry in entries:
             if self._out_of_tries(attempts, deadline):
-                break
+                return
             lease = self.registry.acquire(entry, cost)
             if isinstance(lease, Skip):
                 attempts.append(Attempt(entry.priority, skip=lease))
                 self.telemetry.skipped(entry, lease.value)
                 passed.append(entry)
             elif lease is not None:
-                answer = self._try(lease, target(entry), call, attempts, client_gone)
-                if answer is not None:
-                    self._count(call, entries, answer.served)
-                    return answer
+                yield lease
         # The readings said these could not take the call, but they are estimates and may be
         # stale: try them in order rather than refuse a call that one of them may serve.
         for entry in passed:
             if self._out_of_tries(attempts, deadline):
-                break
+                return
             lease = self.registry.acquire(entry, cost, fit=False)
             if isinstance(lease, Lease):
-                answer = self._try(lease, target(entry), call, attempts, client_gone)
-                if answer is not None:
-                    self._count(call, entries, answer.served)
-                    return answer
-        self._count(call, entries, served=False)
-        return self._unavailable(call, attempts, entries)
+                yield lease
 
     def _count(self, call: Call, entries: Sequence[PoolEntry], served: bool) -> None:
         """Count a client call, and its estimate as demand on the pool's first entry (the
@@ -212,7 +217,8 @@ class Proxy:
 
     def _try(self, lease: Lease, url: str, call: Call, attempts: Attempts,
              client_gone: Callable[[], bool]) -> ClientAnswer | None:
-        """One attempt on a lease: the answer to relay (counted as served), or None."""
+        """One attempt on a lease: the answer to relay, or None; the lease is given back
+        whatever the attempt raises."""
         try:
             answer = self._attempt(lease, url, call, attempts, client_gone)
         except BaseException:
